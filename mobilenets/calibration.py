@@ -2,6 +2,7 @@
 package, or a user's .npy array of uint8 images, preprocessed the way the model expects."""
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 from pathlib import Path
@@ -37,8 +38,10 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
     return body.reshape(dims)
 
 
+@functools.lru_cache(maxsize=2)
 def fashion_mnist(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-    """(uint8 images N×1×28×28, int64 labels N) of the train or test ("t10k") split."""
+    """(uint8 images N×1×28×28, int64 labels N) of the train or test ("t10k") split; cached, so
+    callers must not modify them."""
     prefix = "train" if split == "train" else "t10k"
     images = _read_idx(FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz", 3)
     labels = _read_idx(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz", 1)

@@ -1,0 +1,28 @@
+"""A small Fashion-MNIST-shaped model with batch-norm statistics from real images, saved as a
+checkpoint: what the deploy tests export, quantize and predict with."""
+import torch
+
+import mobilenets
+from mobilenets.bench import calibrate_batchnorm
+from mobilenets.calibration import FASHION_MNIST_CLASSES, fashion_mnist, preprocessed
+from mobilenets.weights import save_weights
+
+PRE = dict(resolution=32, resize=32, mean=[0.286], std=[0.353], in_chans=1, interpolation="bilinear")
+
+
+def fmnist_checkpoint(path, name="mobilenet_v2", **kw):
+    torch.manual_seed(0)
+    model = mobilenets.create_model(name, width_mult=0.35, small_input=True, in_chans=1,
+                                    num_classes=10, **kw)
+    # PyTorch's default Linear init: logits that differ between images, unlike the N(0, 0.01)
+    # training init, so agreement tests compare predictions rather than noise around zero.
+    model.classifier.reset_parameters()
+    images, _ = fashion_mnist("train")
+    calibrate_batchnorm(model, preprocessed(images[:128], PRE), batch=64)
+    save_weights(path, model, {"classes": FASHION_MNIST_CLASSES, "preprocessing": PRE})
+    return model.eval()
+
+
+def fmnist_test_images(n=64):
+    images, labels = fashion_mnist("test")
+    return images[:n], labels[:n]
