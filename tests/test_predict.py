@@ -3,14 +3,13 @@ import pytest
 import torch
 from torchvision.io import write_png
 
-from deploy_models import fmnist_checkpoint, fmnist_test_images
+from deploy_models import PRE, fmnist_checkpoint, fmnist_test_images
 from mobilenets import MobileNetsError
-from mobilenets.calibration import calibration_set
+from mobilenets.calibration import FASHION_MNIST_CLASSES, calibration_set, preprocessed
 from mobilenets.cli import main
 from mobilenets.export import export
 from mobilenets.predict import Predictor
 from mobilenets.quantize import quantize_onnx
-from deploy_models import PRE
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +19,7 @@ def files(tmp_path_factory):
     paths = {"safetensors": d / "v2.safetensors"}
     for fmt, suffix in (("onnx", ".onnx"), ("torchscript", ".ts"), ("pt2", ".pt2")):
         paths[fmt] = d / f"v2{suffix}"
-        export(model, paths[fmt], fmt, {"preprocessing": PRE,
-                                         "classes": __import__("mobilenets.calibration").calibration.FASHION_MNIST_CLASSES})
+        export(model, paths[fmt], fmt, {"preprocessing": PRE, "classes": FASHION_MNIST_CLASSES})
     paths["int8"] = d / "v2_int8.onnx"
     quantize_onnx(paths["onnx"], paths["int8"], calibration_set("fashion-mnist", PRE, 64))
     return d, model, paths
@@ -30,9 +28,10 @@ def files(tmp_path_factory):
 def test_every_format_predicts_like_the_model(files):
     d, model, paths = files
     images, _ = fmnist_test_images(32)
+    x = preprocessed(images, PRE)
+    assert x.shape == (32, 1, 32, 32) and abs(x.mean().item() - (images.float().mean() / 255 - 0.286) / 0.353) < 0.02
     with torch.inference_mode():
-        ref = model(torch.nn.functional.interpolate(images.float() / 255, size=32, mode="bilinear",
-                                                    antialias=True).sub(0.286).div(0.353))
+        ref = model(x)
     ref_top = ref.argmax(1)
     for kind, path in paths.items():
         p = Predictor(path, topk=3)
