@@ -6,3 +6,11 @@ from .profile import profile
 __all__ = ["MobileNet", "MobileNetsError", "create_model", "list_models", "profile",
            "register_model"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # Predictor pulls in torchvision and ONNX Runtime; import it only when asked for.
+    if name == "Predictor":
+        from .predict import Predictor
+        return Predictor
+    raise AttributeError(f"module 'mobilenets' has no attribute {name!r}")

@@ -9,13 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .backends import BACKENDS
 from .errors import MobileNetsError
-from .export import (INPUT_NAME, _parse_meta, export_metadata, load_pt2, load_torchscript,
-                     onnx_metadata, ort_session)
 from .preprocess import transform
-
-KINDS = {".safetensors": "safetensors", ".onnx": "onnx", ".pt2": "pt2", ".ts": "torchscript",
-         ".pt": "torchscript", ".torchscript": "torchscript"}
 
 
 class Predictor:
@@ -30,45 +26,17 @@ class Predictor:
         self.path = Path(path)
         if not self.path.is_file():
             raise MobileNetsError(f"{self.path}: no such file")
-        self.kind = KINDS.get(self.path.suffix.lower())
-        if self.kind is None:
+        backend = BACKENDS.get(self.path.suffix.lower())
+        if backend is None:
             raise MobileNetsError(f"{self.path}: unknown model file type; allowed: "
-                                  + ", ".join(sorted(KINDS)))
+                                  + ", ".join(sorted(BACKENDS)))
         self.topk = topk
-        self._run = getattr(self, f"_load_{self.kind}")(threads)
+        self.backend = backend(self.path, threads)
+        self.meta = self.backend.meta
         pre = self.meta["preprocessing"]
         self.input_shape = [int(pre["in_chans"]), int(pre["resolution"]), int(pre["resolution"])]
         self.classes = self.meta.get("classes")
         self.transform = transform(pre)
-
-    # -- loading: each returns a function from a float batch to logits -------------------------
-    def _load_safetensors(self, threads):
-        from .fuse import prepare_for_inference
-        from .weights import load_model
-        model, meta = load_model(self.path)
-        self.meta = export_metadata(model, meta)
-        model = prepare_for_inference(model)
-        return lambda x: model(x.contiguous(memory_format=torch.channels_last))
-
-    def _load_onnx(self, threads):
-        self.meta = onnx_metadata(self.path)
-        sess = ort_session(self.path, threads)
-        inputs = sess.get_inputs()
-        shape = list(inputs[0].shape[1:]) if len(inputs) == 1 else None
-        if inputs[0].name != INPUT_NAME or shape != self.meta["input_shape"]:
-            raise MobileNetsError(f"{self.path}: its graph takes {[i.shape for i in inputs]}, but its "
-                                  f"metadata describes {self.meta['model']} on {self.meta['input_shape']}")
-        return lambda x: torch.from_numpy(sess.run(None, {INPUT_NAME: x.numpy()})[0])
-
-    def _load_pt2(self, threads):
-        module, text = load_pt2(self.path)
-        self.meta = _parse_meta(text, self.path)
-        return lambda x: module(x.contiguous(memory_format=torch.channels_last))
-
-    def _load_torchscript(self, threads):
-        module, text = load_torchscript(self.path)
-        self.meta = _parse_meta(text, self.path)
-        return module
 
     # -- inputs --------------------------------------------------------------------------------
     def _decode(self, item) -> torch.Tensor:
@@ -116,8 +84,7 @@ class Predictor:
         return t.float()
 
     def logits(self, images) -> torch.Tensor:
-        with torch.inference_mode():
-            return self._run(self.preprocess(images))
+        return self.backend(self.preprocess(images))
 
     def __call__(self, images, topk: int | None = None) -> list[list[dict]]:
         probs = self.logits(images).float().softmax(1)
