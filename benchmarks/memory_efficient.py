@@ -10,6 +10,7 @@ import json
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -17,7 +18,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import mobilenets  # noqa: E402
-from mobilenets.bench import time_runs  # noqa: E402
 from mobilenets.fuse import prepare_for_inference  # noqa: E402
 from mobilenets.io import atomic_write_text  # noqa: E402
 from mobilenets.memory_efficient import measured_peak_bytes, memory_efficient  # noqa: E402
@@ -41,17 +41,26 @@ def main() -> int:
     prof = mobilenets.profile(model, args.resolution)
     x = torch.randn(1, 3, args.resolution, args.resolution).contiguous(memory_format=torch.channels_last)
 
-    def latency(m):
+    def latencies(models) -> list[float]:
+        """Median ms of each model, timed round-robin so that the shared machine's load
+        fluctuations fall on all of them alike."""
+        times = [[] for _ in models]
         with torch.inference_mode():
-            return statistics.median(time_runs(lambda: m(x), args.repeats, 3, 30)) * 1e3
+            for m in models:
+                m(x), m(x)
+            for _ in range(args.repeats):
+                for t, m in zip(times, models):
+                    start = time.perf_counter()
+                    m(x)
+                    t.append(time.perf_counter() - start)
+        return [statistics.median(t) * 1e3 for t in times]
 
-    plain = prepare_for_inference(model)
-    rows = [dict(splits=None, peak_bytes_fp32=measured_peak_bytes(plain, x), median_ms=latency(plain))]
-    print(f"plain: {rows[0]['peak_bytes_fp32'] / 1e6:.2f} MB, {rows[0]['median_ms']:.2f} ms", flush=True)
-    for k in args.splits:
-        m = memory_efficient(model, k)
-        rows.append(dict(splits=k, peak_bytes_fp32=measured_peak_bytes(m, x), median_ms=latency(m)))
-        print(f"k={k}: {rows[-1]['peak_bytes_fp32'] / 1e6:.2f} MB, {rows[-1]['median_ms']:.2f} ms", flush=True)
+    # Latency first: once torch.profiler has run, its allocation hooks slow later calls.
+    variants = [(None, prepare_for_inference(model))] + [(k, memory_efficient(model, k)) for k in args.splits]
+    rows = [dict(splits=k, median_ms=ms) for (k, _), ms in zip(variants, latencies([m for _, m in variants]))]
+    for row, (k, m) in zip(rows, variants):
+        row["peak_bytes_fp32"] = measured_peak_bytes(m, x)
+        print(f"splits={k}: {row['peak_bytes_fp32'] / 1e6:.2f} MB, {row['median_ms']:.2f} ms", flush=True)
     result = dict(model=args.model, resolution=args.resolution, batch=1,
                   load_average=os.getloadavg(),
                   analytic_eager_peak_bytes_fp32=prof["peak_memory_bytes_fp32"],

@@ -30,7 +30,7 @@ PRE = dict(resolution=32, resize=32, mean=[0.286], std=[0.353], in_chans=1, inte
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--checkpoint", default=None)
-    ap.add_argument("--train-steps", type=int, default=300)
+    ap.add_argument("--train-steps", type=int, default=250)
     ap.add_argument("--qat-steps", type=int, default=60)
     ap.add_argument("--workdir", default="/tmp/mobilenets-quantize-accuracy")
     ap.add_argument("--out", default="benchmarks/results/quantize_accuracy.json")
@@ -46,7 +46,7 @@ def main() -> int:
         model = mobilenets.create_model("mobilenet_v2", width_mult=0.5,
                                         in_chans=1, num_classes=10)
         model, info = finetune(model, "fashion-mnist", PRE, steps=args.train_steps, batch=64,
-                               lr=0.1, fake_quant=False)
+                               lr=0.02, fake_quant=False)
         ckpt = str(work / "v2_050.safetensors")
         meta = {"classes": FASHION_MNIST_CLASSES, "preprocessing": PRE, "training": info}
         save_weights(ckpt, model, meta)
