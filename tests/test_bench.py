@@ -42,7 +42,7 @@ def test_bench_json_contract(capsys):
         assert set(r) == {"backend", "precision", "batch", "median_ms", "images_per_s",
                           "gflops_per_s", "peak_fraction"}
         assert r["precision"] == "fp32" and r["median_ms"] > 0
-        assert r["images_per_s"] == pytest.approx(r["batch"] / r["median_ms"] * 1e3, rel=1e-3)
+        assert r["images_per_s"] == pytest.approx(r["batch"] / r["median_ms"] * 1e3, rel=5e-3)  # median_ms is rounded to µs
         assert r["peak_fraction"] == pytest.approx(r["gflops_per_s"] / peak, abs=1e-3)
 
 
