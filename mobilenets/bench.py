@@ -137,14 +137,13 @@ def contenders(spec: str, backends: list[str], vs: list[str], workdir: Path, thr
     from .calibration import calibration_set
     from .export import export, export_metadata, onnx_metadata, resolve_model
     from .fuse import prepare_for_inference
-    from .profile import profile
     from .quantize import quantize_onnx
 
     if spec.endswith(".onnx"):
         meta = onnx_metadata(spec)
         from .models import create_model
         ref = create_model(meta["model"], **meta.get("model_kwargs", {}))
-        madds = profile(ref, meta["input_shape"][-1])["madds"]
+        madds = _madds(ref, meta["input_shape"][-1])
         return [Contender("onnxruntime", meta.get("precision", "fp32"), madds,
                           _ort_call(spec, threads))], meta
     model, ckpt_meta = resolve_model(spec)
@@ -161,7 +160,7 @@ def contenders(spec: str, backends: list[str], vs: list[str], workdir: Path, thr
             f"Fashion-MNIST images at {res} px")
         calibrate_batchnorm(model, calib)
     meta = {**ckpt_meta, "preprocessing": pre} if ckpt_meta else {"preprocessing": pre}
-    madds = profile(model, res)["madds"]
+    madds = _madds(model, res)
     out: list[Contender] = []
     fused = prepare_for_inference(model)
     if "eager" in backends:
@@ -182,6 +181,14 @@ def contenders(spec: str, backends: list[str], vs: list[str], workdir: Path, thr
     for peer in vs:
         out += _peer_contenders(peer, model, res, workdir, threads)
     return out, info
+
+
+def _madds(model, res: int) -> int:
+    """Multiply-adds per image. Profiled on the BN-folded copy: the same convolutions, and no
+    batch norm to refuse the profiler's batch of one where the last feature map is 1×1."""
+    from .fuse import prepare_for_inference
+    from .profile import profile
+    return profile(prepare_for_inference(model, channels_last=False), res)["madds"]
 
 
 TORCHVISION_PEERS = {"mobilenet_v2": "mobilenet_v2", "mobilenet_v3_large": "mobilenet_v3_large",
@@ -221,6 +228,7 @@ def run_bench(spec: str, batches=(1, 32), backends=("eager", "onnxruntime", "int
     """Time every contender at every batch size: (rows as in the --json contract, machine info)."""
     from .runtime import tune_allocator
     tune_allocator()
+    log = log or (lambda *a: None)
     bad = [b for b in backends if b not in BACKENDS]
     if bad:
         raise MobileNetsError(f"--backends {','.join(bad)}: allowed: {', '.join(BACKENDS)}")

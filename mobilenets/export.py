@@ -62,6 +62,9 @@ def resolve_model(spec: str, **model_kwargs) -> tuple[nn.Module, dict]:
     from .weights import load_model
     if spec in list_models() and not os.path.exists(spec):
         return create_model(spec, **model_kwargs).eval(), {}
+    if os.path.exists(spec) and not spec.endswith(".safetensors"):
+        raise MobileNetsError(f"{spec}: not a .safetensors checkpoint; allowed: a checkpoint or a "
+                              "model name (see `mobilenets models`)")
     model, meta = load_model(spec, **model_kwargs)
     return model.eval(), meta
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .fuse import fold_batchnorm
-from .layers import ConvBNAct, InvertedResidual, SamePad
+from .layers import InvertedResidual, SamePad
 
 
 def _parts(unit: nn.Module) -> tuple[SamePad | None, nn.Conv2d, nn.Module]:

@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 import torch
 from torchvision.io import write_png
@@ -87,3 +86,12 @@ def test_onnx_of_another_model_is_refused(files, tmp_path):
     onnx.save(proto, str(tmp_path / "mixed.onnx"))
     with pytest.raises(MobileNetsError, match=r"mixed.onnx: its graph takes .*mobilenet_v3_large on \[3, 224, 224\]"):
         Predictor(tmp_path / "mixed.onnx")
+
+
+def test_bench_runs_an_int8_file(files):
+    from mobilenets.bench import run_bench
+    _, _, paths = files
+    rows, machine = run_bench(str(paths["int8"]), batches=(1, 2), repeats=3, log=None)
+    assert [(r["backend"], r["precision"], r["batch"]) for r in rows] == [
+        ("onnxruntime", "int8", 1), ("onnxruntime", "int8", 2)]
+    assert machine["input_shape"] == [1, 32, 32]
