@@ -1,0 +1,56 @@
+"""Detection and segmentation tasks learn on a handful of real scenes and evaluate end to end."""
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from mobilenets import MobileNetsError, create_model
+from mobilenets.scenes import write_scenes
+from mobilenets.tasks import build_task
+
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenes")
+    write_scenes(root, train=8, val=4, size=64, seed=5, progress=False)
+    return root
+
+
+def _fit(task_name, model_name, data):
+    torch.manual_seed(0)
+    model = create_model(model_name, num_classes=11, width_mult=0.35)
+    cfg = model.pretrained_cfg
+    task = build_task(task_name, str(data), 64, cfg["mean"], cfg["std"])
+    task.train_set.transforms = task.val_set.transforms   # a fixed batch: the loss must fall
+    batch = next(iter(DataLoader(task.train_set, batch_size=8, collate_fn=task.collate)))
+    opt = torch.optim.AdamW(model.parameters(), 3e-3)
+    losses = []
+    model.train()
+    for _ in range(STEPS):
+        loss, _ = task.loss(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    metrics = task.evaluate(model, DataLoader(task.val_set, batch_size=4, collate_fn=task.collate))
+    return losses, metrics
+
+
+def test_detection_learns(scenes):
+    losses, metrics = _fit("detection", "ssdlite_mobilenet_v2", scenes / "coco")
+    assert sum(losses[-3:]) < 0.6 * sum(losses[:3])
+    assert {"mAP", "AP50", "AP75", "per_class_AP"} <= set(metrics)
+    assert 0 <= metrics["metric"] == metrics["AP50"] <= 1
+
+
+def test_segmentation_learns(scenes):
+    losses, metrics = _fit("segmentation", "lraspp_mobilenet_v3_large", scenes / "voc")
+    assert sum(losses[-3:]) < 0.6 * sum(losses[:3])
+    assert metrics["metric"] == metrics["mIoU"]
+    assert metrics["per_class_IoU"]["background"] > 0.5
+
+
+def test_unknown_task(scenes):
+    with pytest.raises(MobileNetsError, match="task='pose'"):
+        build_task("pose", str(scenes), 64, (0,), (1,))
