@@ -145,13 +145,19 @@ class DetectionLoss:
 
 
 def postprocess(logits: torch.Tensor, deltas: torch.Tensor, anchors: torch.Tensor,
-                image_size: tuple[int, int], score_threshold: float = 0.01,
-                iou_threshold: float = 0.6, max_detections: int = 100,
-                candidates_per_class: int = 300) -> list[dict[str, torch.Tensor]]:
-    """Per image: boxes (clipped to the image), scores and labels after class-wise NMS."""
-    height, width = image_size
-    scores = logits.softmax(-1)
+                image_size: tuple[int, int], **kwargs) -> list[dict[str, torch.Tensor]]:
+    """Per image: boxes, scores and labels from raw network outputs (see `select`)."""
     boxes = decode(deltas, anchors.to(deltas.device))
+    return select(boxes, logits.softmax(-1), image_size, **kwargs)
+
+
+def select(boxes: torch.Tensor, scores: torch.Tensor, image_size: tuple[int, int],
+           score_threshold: float = 0.01, iou_threshold: float = 0.6, max_detections: int = 100,
+           candidates_per_class: int = 300) -> list[dict[str, torch.Tensor]]:
+    """Decoded boxes (B, N, 4) and class probabilities (B, N, C) to per-image detections:
+    boxes clipped to the image, class-wise NMS, the best `max_detections` kept."""
+    height, width = image_size
+    boxes = boxes.clone()
     boxes[..., 0::2] = boxes[..., 0::2].clamp(0, width)
     boxes[..., 1::2] = boxes[..., 1::2].clamp(0, height)
     results = []
