@@ -196,14 +196,14 @@ def _geometry(size: int, train: bool) -> list:
 
 def detection_transforms(size: int, train: bool, mean, std) -> v2.Compose:
     """Boxes follow every geometric step; those pushed out of the image are dropped."""
-    photometric = [v2.ColorJitter(0.3, 0.3, 0.3, 0.05)] if train else []
+    photometric = [v2.ColorJitter(0.3, 0.3, 0.3)] if train else []
     return v2.Compose([*photometric, *_geometry(size, train), v2.ClampBoundingBoxes(),
                        v2.SanitizeBoundingBoxes(min_size=1), *_normalize(mean, std)])
 
 
 def segmentation_transforms(size: int, train: bool, mean, std) -> v2.Compose:
     """Masks follow every geometric step with nearest-neighbour sampling."""
-    photometric = [v2.ColorJitter(0.3, 0.3, 0.3, 0.05)] if train else []
+    photometric = [v2.ColorJitter(0.3, 0.3, 0.3)] if train else []
     return v2.Compose([*photometric, *_geometry(size, train), *_normalize(mean, std)])
 
 
