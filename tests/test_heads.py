@@ -9,6 +9,8 @@ from mobilenets.detection import (DetectionLoss, anchors_per_cell, decode, encod
                                   match, postprocess)
 from mobilenets.heads import reference_madds
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 MF_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 

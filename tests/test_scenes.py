@@ -14,6 +14,8 @@ from mobilenets.coco_voc import (CocoDetection, VOCSegmentation, coco_files, col
                                  detection_transforms, read_json, segmentation_transforms)
 from mobilenets.scenes import CLASSES, write_scenes
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 

@@ -9,6 +9,8 @@ from mobilenets import MobileNetsError, create_model
 from mobilenets.detection import select
 from mobilenets.task_export import DetectionGraph, compare, export_onnx, run_onnx
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_detector_onnx_matches_pytorch(tmp_path):
     torch.manual_seed(0)

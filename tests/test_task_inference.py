@@ -7,6 +7,8 @@ from mobilenets.scenes import CLASSES, write_scenes
 from mobilenets.task_inference import evaluate_checkpoint, predict_image, save_task_weights
 from mobilenets.weights import save_weights
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 NAMES = ["background", *CLASSES]
 
 

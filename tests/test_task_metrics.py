@@ -10,6 +10,8 @@ from mobilenets.scenes import write_scenes
 from mobilenets.task_metrics import (coco_map, confusion_matrix, draw_detections,
                                      draw_segmentation, iou_scores)
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def coco(tmp_path_factory):

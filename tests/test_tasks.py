@@ -7,6 +7,8 @@ from mobilenets import MobileNetsError, create_model
 from mobilenets.scenes import write_scenes
 from mobilenets.tasks import build_task
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 STEPS = 12
 
 
