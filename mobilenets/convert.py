@@ -144,7 +144,8 @@ MAPPINGS = {"torchvision": TORCHVISION, "timm": TIMM, "keras": KERAS}
 # Model options each source's weights were trained with (beyond the architecture's name).
 _TF = {"padding": "same", "bn_eps": 1e-3}
 MODEL_OPTIONS = {
-    "torchvision": {},
+    # torchvision's V3 keeps TF's BN epsilon, with PyTorch padding
+    "torchvision": {"mobilenet_v3_large": {"bn_eps": 1e-3}, "mobilenet_v3_small": {"bn_eps": 1e-3}},
     "timm": {"mobilenet_v1": {"act": "relu6"}},
     "timm-tf": {"*": _TF},
     "keras": {"*": _TF, "mobilenet_v1": {"act": "relu6"}},

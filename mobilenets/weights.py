@@ -19,6 +19,7 @@ import json
 import os
 import pickle
 import re
+import urllib.error
 import urllib.parse
 from importlib import resources
 from pathlib import Path
@@ -128,6 +129,8 @@ def resolve_weights(ref: str | os.PathLike) -> Path:
     with atomic_path(dest) as tmp:
         try:
             torch.hub.download_url_to_file(text, str(tmp), progress=False)
+        except urllib.error.HTTPError as e:
+            raise MobileNetsError(f"{text}: cannot download (HTTP {e.code} {e.reason})") from None
         except (OSError, http.client.HTTPException, ValueError) as e:
             reason = getattr(e, "reason", None) or e
             raise MobileNetsError(f"{text}: cannot download ({str(reason).splitlines()[0]})") from None
