@@ -35,6 +35,7 @@ from torch import nn
 from .errors import MobileNetsError
 from .layers import ConvBNAct
 from .models import IMAGENET_MEAN, IMAGENET_STD, create_model, model_defaults
+from .specs import build_arch
 from .weights import imagenet_classes, load_state_into, load_weights, save_weights
 
 SOURCES = ("torchvision", "timm", "keras")
@@ -252,7 +253,7 @@ def _natural(block_id: str | None) -> tuple:
     return (-1,) if block_id is None else tuple(int(x) for x in block_id.split("."))
 
 
-def rename_layers(names, mapping: Mapping, ours: dict) -> tuple[dict[str, str], list[str]]:
+def rename_layers(names, mapping: Mapping, ours: dict, origin: str) -> tuple[dict[str, str], list[str]]:
     """({source layer: our layer}, [source layers no rule claims])."""
     present = set(names)
     matches, unclaimed = [], []
@@ -283,8 +284,8 @@ def rename_layers(names, mapping: Mapping, ours: dict) -> tuple[dict[str, str], 
     targets = list(renamed.values())
     twice = sorted({t for t in targets if targets.count(t) > 1})
     if twice:
-        raise MobileNetsError(f"several source layers map to {', '.join(twice[:3])}; the file has "
-                              "more blocks than the model or is of another architecture")
+        raise MobileNetsError(f"{origin}: several layers map to {', '.join(twice[:3])}; the file "
+                              "is of another architecture")
     return renamed, unclaimed
 
 
@@ -308,12 +309,12 @@ def _from_keras(arrays: list[torch.Tensor], module: nn.Module) -> dict[str, torc
     return out
 
 
-def convert_layers(source: str, layers: dict, model: nn.Module) -> dict[str, torch.Tensor]:
+def convert_layers(source: str, layers: dict, model: nn.Module, origin: str) -> dict[str, torch.Tensor]:
     """Our state dict from a source's layers; a layer no rule claims is kept under its own name
     so that loading names it as unexpected."""
     mapping = _mapping(source, model.arch.family)
     ours = canonical_layers(model)
-    renamed, unclaimed = rename_layers(list(layers), mapping, ours)
+    renamed, unclaimed = rename_layers(list(layers), mapping, ours, origin)
     own = model.state_dict()
     state: dict[str, torch.Tensor] = {}
     for src, target in renamed.items():
@@ -341,7 +342,8 @@ def convert(source: str, path: str | os.PathLike, model_name: str, tf: bool | No
     """Build `model_name` with the options the source's weights need and load them exactly.
 
     source: "torchvision", "timm" or "keras". tf: the timm file holds TensorFlow-ported weights
-    (timm's tf_* models); by default guessed from "tf_" in the file's path.
+    (timm's tf_* models); by default guessed from "tf_mobilenet" in the file's path, as in the
+    hub cache's models--timm--tf_mobilenetv3_large_100.in1k/.../model.safetensors.
     """
     if source not in SOURCES:
         raise MobileNetsError(f"unknown source {source!r}; allowed: {', '.join(SOURCES)}")
@@ -357,14 +359,27 @@ def convert(source: str, path: str | os.PathLike, model_name: str, tf: bool | No
     options = dict(options_for(_variant(source, path, tf), family))
     options.update(model_kwargs)
     model = create_model(model_name, **options)
-    state = convert_layers(source, layers, model)
-    rows = state.get("classifier.weight")
-    if rows is not None and rows.dim() >= 1 and rows.shape[0] != _num_classes(model):
-        options["num_classes"] = int(rows.shape[0])  # a fine-tuned head: keep its classes
-        model = create_model(model_name, **options)
-        state = convert_layers(source, layers, model)
+    state = convert_layers(source, layers, model, str(path))
+    found = _options_in_tensors(state, model)
+    if found:
+        model = create_model(model_name, **{**options, **found})
+        state = convert_layers(source, layers, model, str(path))
     load_state_into(model, state, f"{path} ({source})")
     return model.eval()
+
+
+def _options_in_tensors(state: dict[str, torch.Tensor], model: nn.Module) -> dict:
+    """Options that the source's tensors show and its name does not: a fine-tuned classifier's
+    class count, and a stem kept at the table's width under a small multiplier."""
+    found = {}
+    rows = state.get("classifier.weight")
+    if rows is not None and rows.dim() >= 1 and rows.shape[0] != _num_classes(model):
+        found["num_classes"] = int(rows.shape[0])
+    stem = state.get(canonical_layers(model)["stem.conv"][0] + ".weight")
+    table = build_arch(model.arch.family, fixed_stem=True).stem_ch
+    if stem is not None and stem.dim() == 4 and stem.shape[0] == table != model.arch.stem_ch:
+        found["fixed_stem"] = True
+    return found
 
 
 def _num_classes(model: nn.Module) -> int:
@@ -375,7 +390,7 @@ def _variant(source: str, path: Path, tf: bool | None) -> str:
     if source != "timm":
         return source
     if tf is None:
-        tf = "tf_" in str(path.resolve())
+        tf = "tf_mobilenet" in str(path.resolve())
     return "timm-tf" if tf else "timm"
 
 
@@ -422,7 +437,8 @@ def add_commands(sub) -> None:
     p.add_argument("--model", required=True, help="mobilenets model name, e.g. mobilenet_v3_large")
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--tf", action="store_true", default=None,
-                   help="timm tf_* weights (TF padding and BN eps); default: guessed from 'tf_' in the path")
+                   help="timm tf_* weights (TF padding and BN eps); default: guessed from "
+                        "'tf_mobilenet' in the path")
     p.add_argument("--resolution", type=int, default=224, help="input size the weights were trained at")
     add_model_options(p)
     p.set_defaults(func=_cmd_convert)

@@ -183,7 +183,8 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
               minimalistic: bool = False, proj_act: str | None = "default",
               shortcut: str = "bottleneck", expand_ratio: float | None = None,
               padding: str = "symmetric", bn_eps: float | None = None,
-              bn_momentum: float = 0.1, act: str | None = None) -> MobileNet:
+              bn_momentum: float = 0.1, act: str | None = None,
+              fixed_stem: bool = False) -> MobileNet:
     """Build a MobileNet of `family` with the given options (see `specs.build_arch`).
 
     padding="same" and bn_eps=1e-3 reproduce TensorFlow-trained weights (Keras, timm `tf_`).
@@ -199,7 +200,8 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
         raise MobileNetsError("small_input and output_stride < 32 conflict: pick one way to keep resolution")
     arch = build_arch(family, width_mult, dropout=dropout, small_input=small_input,
                       output_stride=output_stride, minimalistic=minimalistic, proj_act=proj_act,
-                      shortcut=shortcut, expand_ratio=expand_ratio, act=act)
+                      shortcut=shortcut, expand_ratio=expand_ratio, act=act,
+                      fixed_stem=fixed_stem)
     if bn_eps is None:
         bn_eps = 1e-3 if padding == "same" else 1e-5
     model = MobileNet(arch, num_classes, in_chans, features_only, out_indices, padding, bn_eps,

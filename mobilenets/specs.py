@@ -195,7 +195,8 @@ def _feature_levels(stem_stride: int, blocks) -> tuple[int, ...]:
 def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = None,
                small_input: bool = False, output_stride: int = 32, minimalistic: bool = False,
                proj_act: str | None = "default", shortcut: str = "bottleneck",
-               expand_ratio: float | None = None, act: str | None = None) -> Arch:
+               expand_ratio: float | None = None, act: str | None = None,
+               fixed_stem: bool = False) -> Arch:
     """Resolve a family's table and options into an `Arch`.
 
     proj_act: activation after the 1×1 projection; "default" is the paper's choice
@@ -203,6 +204,8 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
     expand_ratio: replaces the expansion t of every block that expands (V2 ablation).
     act: the one nonlinearity of V1/V2 (None = the paper's: ReLU for V1, ReLU6 for V2). The
     TensorFlow V1 reference (slim, Keras) and timm use ReLU6, so their weights need act="relu6".
+    fixed_stem: keep the stem at the table's width whatever the multiplier, as Keras' V3 always
+    does and timm's V3 below α 0.75 (mobilenetv3_small_050).
     """
     if family not in FAMILIES:
         raise MobileNetsError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
@@ -229,14 +232,14 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
         if expand_ratio is not None:
             raise MobileNetsError("expand_ratio applies to MobileNetV2/V3 blocks; V1 has no expansion")
         act = act or "relu"
-        stem = max(int(V1_STEM * w), 8)
+        stem = V1_STEM if fixed_stem else max(int(V1_STEM * w), 8)
         blocks = _v1_blocks(w, act, act if proj_act == "default" else proj_act,
                             "none" if shortcut == "bottleneck" else shortcut, stem)
         arch = dict(stem_ch=stem, stem_act=act, last_conv_ch=None, last_conv_act=None,
                     head_ch=None, head_act=None, split_expansions=False)
     elif family == "mobilenet_v2":
         act = act or "relu6"
-        stem = make_divisible(V2_STEM * w)
+        stem = V2_STEM if fixed_stem else make_divisible(V2_STEM * w)
         blocks = _v2_blocks(w, act, None if proj_act == "default" else proj_act, shortcut,
                             stem, expand_ratio)
         arch = dict(stem_ch=stem, stem_act=act, last_conv_act=act,
@@ -246,7 +249,7 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
         large = family == "mobilenet_v3_large"
         table, head = (V3_LARGE_BLOCKS, V3_LARGE_HEAD) if large else (V3_SMALL_BLOCKS, V3_SMALL_HEAD)
         stem_table = V3_LARGE_STEM if large else V3_SMALL_STEM
-        stem = make_divisible(stem_table * w)
+        stem = stem_table if fixed_stem else make_divisible(stem_table * w)
         blocks = _v3_blocks(table, w, minimalistic, None if proj_act == "default" else proj_act,
                             shortcut, stem, stem_table, expand_ratio)
         act = "relu" if minimalistic else "hswish"

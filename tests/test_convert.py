@@ -2,6 +2,7 @@
 batch-norm statistics, is saved in its own format, converted, and must give the same logits on
 the same input (max abs difference <= 1e-4, fp32)."""
 import os
+import re
 
 os.environ.setdefault("KERAS_BACKEND", "torch")  # before anything imports keras
 
@@ -105,6 +106,8 @@ def test_torchvision(tmp_path, images, tv_name, tv_kwargs, ours, ours_kwargs):
 
 TIMM_CASES = [
     ("mobilenetv1_100", "mobilenet_v1", {}),
+    ("mobilenetv1_125", "mobilenet_v1", {"width_mult": 1.25}),
+    ("mobilenetv2_035", "mobilenet_v2_035", {}),
     ("mobilenetv2_100", "mobilenet_v2", {}),
     ("mobilenetv2_075", "mobilenet_v2", {"width_mult": 0.75}),
     ("mobilenetv2_140", "mobilenet_v2", {"width_mult": 1.4}),
@@ -112,6 +115,7 @@ TIMM_CASES = [
     ("mobilenetv3_large_075", "mobilenet_v3_large", {"width_mult": 0.75}),
     ("mobilenetv3_small_100", "mobilenet_v3_small", {}),
     ("mobilenetv3_small_075", "mobilenet_v3_small_075", {}),
+    ("mobilenetv3_small_050", "mobilenet_v3_small", {"width_mult": 0.5}),  # 16-channel stem
     ("tf_mobilenetv3_large_100", "mobilenet_v3_large", {}),
     ("tf_mobilenetv3_large_075", "mobilenet_v3_large", {"width_mult": 0.75}),
     ("tf_mobilenetv3_small_075", "mobilenet_v3_small", {"width_mult": 0.75}),
@@ -141,9 +145,12 @@ def test_timm(tmp_path, images, timm_name, ours, ours_kwargs):
 KERAS_CASES = [
     ("MobileNet", {"alpha": 1.0}, "mobilenet_v1", {}, ".weights.h5"),
     ("MobileNet", {"alpha": 0.5}, "mobilenet_v1_050", {}, ".h5"),
+    ("MobileNet", {"alpha": 0.25}, "mobilenet_v1_025", {}, ".weights.h5"),
     ("MobileNetV2", {"alpha": 1.0}, "mobilenet_v2", {}, ".h5"),
     ("MobileNetV2", {"alpha": 0.75}, "mobilenet_v2", {"width_mult": 0.75}, ".weights.h5"),
     ("MobileNetV2", {"alpha": 1.4}, "mobilenet_v2_140", {}, ".h5"),
+    ("MobileNetV2", {"alpha": 0.35}, "mobilenet_v2_035", {}, ".weights.h5"),
+    ("MobileNetV2", {"alpha": 1.3}, "mobilenet_v2_130", {}, ".h5"),
     ("MobileNetV3Large", {"alpha": 1.0}, "mobilenet_v3_large", {}, ".weights.h5"),
     ("MobileNetV3Large", {"alpha": 0.75}, "mobilenet_v3_large", {"width_mult": 0.75}, ".h5"),
     ("MobileNetV3Small", {"alpha": 1.0}, "mobilenet_v3_small", {}, ".h5"),
@@ -211,6 +218,39 @@ def test_keras_weights_need_tf_padding(tmp_path, images):
     with torch.no_grad():
         diff = (model(images) - keras_logits(source, images)).abs().max().item()
     assert diff > 100 * TOL
+
+
+def keras2_name(name: str) -> str:
+    """The name Keras 2 (tf.keras) gave a MobileNetV3 layer that Keras 3 calls `name`."""
+    fixed = {"conv": "Conv", "conv_bn": "Conv/BatchNorm", "conv_1": "Conv_1",
+             "conv_1_bn": "Conv_1/BatchNorm", "conv_2": "Conv_2", "logits": "Logits"}
+    if name in fixed:
+        return fixed[name]
+    m = re.fullmatch(r"(expanded_conv(?:_\d+)?)_squeeze_excite_conv(_1)?", name)
+    if m:
+        return f"{m[1]}/squeeze_excite/Conv{m[2] or ''}"
+    m = re.fullmatch(r"(expanded_conv(?:_\d+)?)_(expand|depthwise|project)(_bn)?", name)
+    return f"{m[1]}/{m[2]}" + ("/BatchNorm" if m[3] else "")
+
+
+def test_keras2_application_file_layout(tmp_path, images):
+    """The files Keras applications download (Keras 2 era): weights only, layer_names at the
+    root, "/" in layer names, weight names such as "Conv/BatchNorm/gamma:0"."""
+    h5py = pytest.importorskip("h5py")
+    source = keras_model("MobileNetV3Small", {"alpha": 1.0})
+    path = tmp_path / "weights_mobilenet_v3_small_224_1.0_float.h5"
+    with h5py.File(path, "w") as f:
+        layers = [layer for layer in source.layers if layer.weights]
+        names = [keras2_name(layer.name) for layer in layers]
+        f.attrs["layer_names"] = np.array([n.encode() for n in names])
+        for layer, name in zip(layers, names):
+            group = f.create_group(name)
+            weight_names = [f"{name}/{w.name}:0" for w in layer.weights]
+            group.attrs["weight_names"] = np.array([w.encode() for w in weight_names])
+            for w, value in zip(weight_names, layer.get_weights()):
+                group.create_dataset(w, data=value)
+    assert "expanded_conv_3/squeeze_excite/Conv_1" in names
+    assert_same(keras_logits(source, images), convert("keras", path, "mobilenet_v3_small"), images)
 
 
 def test_keras2_layer_names_read_like_keras3():
