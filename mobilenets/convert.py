@@ -126,6 +126,7 @@ KERAS = {
         Rule(r"conv_1", "last_conv.conv"),
         Rule(r"conv_1_bn", "last_conv.bn"),
         Rule(r"predictions", "classifier"),
+        Rule(r"logits", "classifier"),  # keras_applications' name, in the published .h5 files
     )),
     "mobilenet_v3": Mapping((
         Rule(r"conv", "stem.conv"),

@@ -12,7 +12,7 @@ import torch
 
 from mobilenets import create_model
 from mobilenets.cli import main
-from mobilenets.convert import convert, convert_file, normalise_keras_name
+from mobilenets.convert import KERAS, convert, convert_file, normalise_keras_name, rename_layers
 from mobilenets.errors import MobileNetsError
 from mobilenets.weights import load_model, load_weights
 
@@ -260,6 +260,9 @@ def test_keras2_layer_names_read_like_keras3():
     assert normalise_keras_name("Conv/BatchNorm") == "conv_bn"
     assert normalise_keras_name("bn_Conv1") == "bn_conv1"
     assert normalise_keras_name("block_16_project_BN") == "block_16_project_bn"
+    # keras_applications, which wrote the published MobileNetV2 files, called its classifier Logits
+    renamed, unclaimed = rename_layers(["Conv_1", "logits"], KERAS["mobilenet_v2"], {}, "v2.h5")
+    assert renamed == {"logits": "classifier"} and unclaimed == ["Conv_1"]
 
 
 # --- the written file and the verb ------------------------------------------------------------
