@@ -17,9 +17,12 @@ from mobilenets.errors import MobileNetsError
 from mobilenets.weights import load_model, load_weights
 
 TOL = 1e-4
-# Random networks can produce logits of 50 and more, where fp32 rounding alone (relative 1e-6)
-# nears TOL; sources' classifiers are scaled so logits peak at what ImageNet models give.
-LOGIT_SCALE = 10.0
+# fp32 rounding alone moves these logits by about 1e-5 of their size: a timm source scaled to
+# logits of 10 differs from its own float64 run by 6e-5 to 9e-5, and any reordering of the sums
+# (batch norm folded into the conv in eval, Keras' NHWC kernels) by as much. Sources'
+# classifiers are scaled so logits peak at 2, where rounding stays near 2e-5 and TOL measures
+# the conversion rather than the arithmetic.
+LOGIT_SCALE = 2.0
 SIZE = 64  # even, so TF "same" padding is one-sided at every stride-2 layer
 
 
@@ -76,7 +79,7 @@ def assert_same(reference: torch.Tensor, model, images):
         ours = model(images)
     assert ours.shape == reference.shape
     # the comparison means something only if the logits depend on the input
-    assert (reference[0] - reference[1]).abs().max() > 0.05
+    assert (reference[0] - reference[1]).abs().max() > 0.1
     diff = (ours - reference).abs().max().item()
     assert diff <= TOL, diff
 
