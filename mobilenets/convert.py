@@ -18,8 +18,11 @@ was trained with. One engine applies them:
    any other group is copied into the template. `sibling` restricts a rule to blocks that also
    hold the named layer (timm's `conv_pw` is the expansion when `conv_pwl` exists, else the
    projection).
-3. Tensors are brought to our layout (Keras HWIO kernels, 1×1 convs feeding a Linear) and the
-   result is loaded strictly, so any layer left over or missing is named in the error.
+3. Tensors are brought to our layout (Keras HWIO kernels, 1×1 convs feeding a Linear). Two
+   options are read off the tensors rather than the name: the classifier's class count (a
+   fine-tuned head), and a stem kept at the table's width under a small multiplier
+   (fixed_stem: timm's V3 below α 0.75, Keras' V3 always). The result is loaded strictly, so any layer left over or missing is
+   named in the error.
 """
 from __future__ import annotations
 
@@ -216,7 +219,10 @@ def read_keras_layers(path: Path) -> dict[str, list[torch.Tensor]]:
     Keras 3's `.weights.h5`, where `layers/<object>/vars/<i>` holds the i-th weight and the
     group's `name` attribute the layer name.
     """
-    import h5py
+    try:
+        import h5py
+    except ImportError:
+        raise MobileNetsError(f"{path}: reading Keras weights needs h5py (pip install h5py)") from None
     try:
         f = h5py.File(path, "r")
     except OSError as e:
