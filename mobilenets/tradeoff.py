@@ -1,0 +1,269 @@
+"""The width multiplier α and resolution ρ as a trade-off (V1 §4.2–4.3, Tables 6–7; V2 Fig. 5):
+cost of every (α, ρ) on a grid, measured latency on this machine, and the best pair under a
+budget.
+
+Cost is analytic (the profiler); latency is measured here, one image at a time, eager fp32 with
+the allocator tuned (`runtime.tune_allocator`) and channels_last, the median of repeated runs.
+When the deployment module is installed, its backends add int8 / ONNX Runtime columns.
+Accuracy comes from trained checkpoints when given; otherwise `fit` ranks by multiply-adds, the
+papers' own proxy: within a family, accuracy rises monotonically with MAdds across their α × ρ
+tables.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from .errors import MobileNetsError
+
+DEFAULT_RESOLUTIONS = (96, 128, 160, 192, 224)
+BUDGET_KEYS = {  # budget name → (row field, unit shown, scale from the field to that unit)
+    "max_latency_ms": ("latency_ms", "ms", 1.0),
+    "max_madds": ("madds", "MAdds", 1.0),
+    "max_params": ("params", "params", 1.0),
+    "max_memory_kb": ("peak_memory_bytes_fp32", "KB", 1e-3),
+}
+
+
+def family_widths(family: str) -> tuple[float, ...]:
+    from .models import FAMILY_WIDTHS
+    if family not in FAMILY_WIDTHS:
+        raise MobileNetsError(f"unknown family {family!r}; known: {', '.join(FAMILY_WIDTHS)}")
+    return FAMILY_WIDTHS[family]
+
+
+def _grid(family: str, widths, resolutions) -> tuple[list[float], list[int]]:
+    family_widths(family)
+    widths = list(family_widths(family) if widths is None else widths)
+    resolutions = list(DEFAULT_RESOLUTIONS if resolutions is None else resolutions)
+    if not widths or not resolutions:
+        raise MobileNetsError(f"empty grid ({len(widths)} widths × {len(resolutions)} resolutions); "
+                              "give at least one --widths and one --resolutions value")
+    return widths, resolutions
+
+
+def measure_latency(model: torch.nn.Module, resolution: int, repeats: int = 20,
+                    warmup: int = 3, in_chans: int | None = None) -> float:
+    """Median milliseconds of one fp32 eager forward pass of one image (channels_last)."""
+    from .runtime import tune_allocator
+    tune_allocator()
+    if repeats < 1:
+        raise MobileNetsError(f"repeats={repeats!r} is out of range; allowed: integer >= 1")
+    chans = in_chans or model.pretrained_cfg.get("in_chans", 3)
+    model = model.eval().to(memory_format=torch.channels_last)
+    x = torch.randn(1, chans, resolution, resolution).contiguous(memory_format=torch.channels_last)
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            start = time.perf_counter()
+            model(x)
+            if i >= warmup:
+                times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def deployment_backends() -> dict:
+    """Latency functions from the deployment module, when it is installed and offers them.
+
+    The deployment module (issue 5) exposes `latency_backends() -> {name: fn(model, resolution,
+    repeats) -> ms}` (e.g. "onnxruntime_fp32", "int8"); without it only eager fp32 is measured.
+    """
+    try:
+        deploy = importlib.import_module("mobilenets.deploy")
+    except ImportError:
+        return {}
+    backends = getattr(deploy, "latency_backends", None)
+    return dict(backends()) if callable(backends) else {}
+
+
+def checkpoint_accuracy(path) -> dict:
+    """(model, width, resolution, top1) of a trained weights file.
+
+    Accuracy is read from the file's metadata ("top1") or from the trainer's report.json beside
+    it; the configuration from its metadata.
+    """
+    from .models import model_defaults
+    from .weights import load_weights
+    path = Path(path)
+    _, meta = load_weights(path)
+    top1 = meta.get("top1")
+    report = path.parent / "report.json"
+    if top1 is None and report.is_file():
+        try:
+            top1 = json.loads(report.read_text()).get("top1")
+        except (json.JSONDecodeError, OSError, AttributeError):
+            raise MobileNetsError(f"{report}: not a readable JSON report") from None
+    if top1 is None:
+        raise MobileNetsError(f"{path}: has no top1 in its metadata nor a report.json beside it; "
+                              "evaluate it with `mobilenets eval` first")
+    name = meta.get("model")
+    if not name:
+        raise MobileNetsError(f"{path}: has no 'model' in its metadata")
+    kwargs = {**model_defaults(name), **meta.get("model_kwargs", {})}
+    resolution = (meta.get("preprocessing") or {}).get("resolution", 224)
+    return {"family": kwargs.get("family", name), "width_mult": float(kwargs.get("width_mult", 1.0)),
+            "resolution": int(resolution), "top1": float(top1), "checkpoint": str(path)}
+
+
+def tradeoff_grid(family: str, widths=None, resolutions=None, latency: bool = True,
+                  repeats: int = 20, checkpoints=(), model_kwargs: dict | None = None,
+                  progress=None) -> list[dict]:
+    """One row per (α, ρ): params, MAdds, analytic peak memory, latencies and accuracy.
+
+    Rows: {"model", "width_mult", "resolution", "params", "params_without_bn", "madds",
+    "peak_memory_bytes_fp32", "memory_table3_bytes_fp16", "latency_ms" (eager fp32, or None),
+    "latency_ms_<backend>" for each deployment backend, "top1" (None without a checkpoint)}.
+    """
+    from .models import check_resolution, create_model
+    from .profile import profile
+
+    widths, resolutions = _grid(family, widths, resolutions)
+    accuracy = {}
+    for ckpt in checkpoints:
+        acc = checkpoint_accuracy(ckpt)
+        if acc["family"] != family:
+            raise MobileNetsError(f"{ckpt}: is a {acc['family']} checkpoint, not {family}")
+        accuracy[(acc["width_mult"], acc["resolution"])] = acc["top1"]
+        if acc["width_mult"] not in widths:
+            widths.append(acc["width_mult"])
+        if acc["resolution"] not in resolutions:
+            resolutions.append(acc["resolution"])
+    backends = deployment_backends() if latency else {}
+    rows = []
+    for w in sorted(widths):
+        model = create_model(family, width_mult=w, **(model_kwargs or {}))
+        for r in sorted(resolutions):
+            check_resolution(model, r)
+            p = profile(model, r)
+            row = {"model": family, "width_mult": w, "resolution": r, "params": p["params"],
+                   "params_without_bn": p["params_without_bn"], "madds": p["madds"],
+                   "peak_memory_bytes_fp32": p["peak_memory_bytes_fp32"],
+                   "memory_table3_bytes_fp16": p["memory_table3_bytes_fp16"],
+                   "latency_ms": None, "top1": accuracy.get((w, r))}
+            if latency:
+                row["latency_ms"] = measure_latency(model, r, repeats)
+                for name, fn in backends.items():
+                    row[f"latency_ms_{name}"] = fn(model, r, repeats)
+            rows.append(row)
+            if progress:
+                progress(row)
+    return rows
+
+
+def _score(row: dict, by_accuracy: bool) -> tuple:
+    # Higher is better; ties go to the cheaper model.
+    main = row["top1"] if by_accuracy else row["madds"]
+    return (main, -row["madds"], -(row["latency_ms"] or 0.0))
+
+
+def fit(family: str, budgets: dict, widths=None, resolutions=None, repeats: int = 20,
+        checkpoints=(), alternatives: int = 4, model_kwargs: dict | None = None,
+        progress=None) -> dict:
+    """The best (α, ρ) of the grid within every budget, and the runner-ups.
+
+    budgets: any of max_latency_ms, max_madds, max_params, max_memory_kb (peak fp32 activation
+    memory of one image, analytic). Ranked by MAdds (accuracy proxy), or by top-1 of the
+    checkpoints given (then only their configurations compete). Latency is measured lazily, best
+    candidate first, until the winner and its runner-ups are known. Returns the chosen row with
+    "alternatives": [next best rows], "budgets" and "ranked_by"; if nothing fits, a one-line
+    error names the constraint that excludes the smallest model and by how much.
+    """
+    from .models import create_model
+
+    budgets = {k: v for k, v in budgets.items() if v is not None}
+    for key, value in budgets.items():
+        if key not in BUDGET_KEYS:
+            raise MobileNetsError(f"unknown budget {key!r}; known: {', '.join(BUDGET_KEYS)}")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise MobileNetsError(f"{key}={value!r} is out of range; allowed: a number > 0")
+    if not isinstance(alternatives, int) or alternatives < 0:
+        raise MobileNetsError(f"alternatives={alternatives!r} is out of range; allowed: integer >= 0")
+    by_accuracy = bool(checkpoints)
+    rows = tradeoff_grid(family, widths, resolutions, latency=False, checkpoints=checkpoints,
+                         model_kwargs=model_kwargs)
+    pool = [r for r in rows if r["top1"] is not None] if by_accuracy else rows
+    analytic = {k: v for k, v in budgets.items() if k != "max_latency_ms"}
+    candidates = sorted((r for r in pool if all(_within(r, k, v) for k, v in analytic.items())),
+                        key=lambda r: _score(r, by_accuracy), reverse=True)
+    feasible = []
+    for row in candidates:
+        if len(feasible) > alternatives:
+            break
+        if "max_latency_ms" in budgets:
+            model = create_model(family, width_mult=row["width_mult"], **(model_kwargs or {}))
+            row["latency_ms"] = measure_latency(model, row["resolution"], repeats)
+            if progress:
+                progress(row)
+            if not _within(row, "max_latency_ms", budgets["max_latency_ms"]):
+                continue
+        feasible.append(row)
+    if not feasible:
+        raise MobileNetsError(_nothing_fits(pool, budgets, family, repeats, model_kwargs))
+    best = dict(feasible[0])
+    best["alternatives"] = feasible[1:]
+    best["budgets"] = budgets
+    best["ranked_by"] = "top1" if by_accuracy else "madds"
+    return best
+
+
+def _within(row: dict, key: str, limit: float) -> bool:
+    field, _, scale = BUDGET_KEYS[key]
+    value = row[field]
+    return value is not None and value * scale <= limit
+
+
+def _nothing_fits(rows, budgets, family, repeats, model_kwargs) -> str:
+    """Name the budget that excludes the smallest model (fewest MAdds) and by how much."""
+    from .models import create_model
+    smallest = min(rows, key=lambda r: (r["madds"], r["params"]))
+    if smallest["latency_ms"] is None and "max_latency_ms" in budgets:
+        model = create_model(family, width_mult=smallest["width_mult"], **(model_kwargs or {}))
+        smallest = {**smallest, "latency_ms": measure_latency(model, smallest["resolution"], repeats)}
+    excess = []
+    for key, limit in budgets.items():
+        field, unit, scale = BUDGET_KEYS[key]
+        value = smallest[field] * scale
+        if value > limit:
+            excess.append((value / limit, key, value, unit, limit))
+    name = f"{family} α={smallest['width_mult']:g} at {smallest['resolution']} px"
+    if not excess:  # only reachable when ranking by accuracy leaves nothing (no checkpoints fit)
+        return f"no checkpoint's configuration fits the budget; the smallest, {name}, does"
+    ratio, key, value, unit, limit = max(excess)
+    flag = "--" + key.replace("_", "-")
+    return (f"nothing fits: the smallest model, {name}, needs {value:,.4g} {unit} "
+            f"but {flag} is {limit:,.4g} ({ratio:.2f}× over)")
+
+
+def plot_tradeoff(rows: list[dict], path) -> None:
+    """MAdds (log scale) against top-1 where known, else against measured latency / params, one
+    line per width like the papers' MAdds-vs-accuracy figures."""
+    from .figures import pyplot, save_figure
+    plt = pyplot()
+    has_acc = any(r["top1"] is not None for r in rows)
+    has_latency = any(r["latency_ms"] is not None for r in rows)
+    y_key, y_label = (("top1", "top-1 accuracy") if has_acc else
+                      ("latency_ms", "latency, ms (fp32 eager, batch 1)") if has_latency else
+                      ("params", "parameters"))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for w in sorted({r["width_mult"] for r in rows}):
+        pts = sorted((r["madds"], r[y_key], r["resolution"]) for r in rows
+                     if r["width_mult"] == w and r[y_key] is not None)
+        if not pts:
+            continue
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"α = {w:g}")
+        for m, y, res in pts:
+            ax.annotate(str(res), (m, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
+    ax.set_xscale("log")
+    if y_key != "top1":
+        ax.set_yscale("log")
+    ax.set_xlabel("multiply-adds (log scale); labels: input resolution")
+    ax.set_ylabel(y_label)
+    ax.set_title(f"{rows[0]['model']}: width multiplier α × resolution ρ")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
