@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .errors import MobileNetsError
+from .runtime import tune_allocator
 from .layers import ConvBNAct, InvertedResidual, make_activation
 from .specs import Arch, build_arch
 
@@ -153,6 +154,7 @@ def _get(name: str):
 def create_model(name: str, pretrained: str | None = None, **kwargs) -> nn.Module:
     """Build a registered model. `pretrained` is a weights file (see `mobilenets.weights`)."""
     builder, defaults = _get(name)
+    tune_allocator()
     params = inspect.signature(builder).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(kwargs) - set(params))
@@ -203,7 +205,7 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
 
 def check_resolution(model: nn.Module, resolution) -> int:
     """The smallest input is the network's total stride; anything below collapses to nothing."""
-    stride = getattr(getattr(model, "arch", None), "total_stride", 32)
+    stride = getattr(getattr(model, "arch", None), "total_stride", 1)
     if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < stride:
         raise MobileNetsError(
             f"resolution={resolution!r} is too small for a network of total stride {stride}; "

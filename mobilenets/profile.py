@@ -113,16 +113,11 @@ def _table3(arch, layers: list[dict]) -> list[dict]:
     if arch is None or not arch.split_expansions:
         shapes = [layer["output_shape"] for layer in layers]
     else:
-        n_blocks = len(arch.blocks)
-        shapes = []
-        for layer in layers:
-            name = layer["name"]
-            if name.startswith("blocks.") and name.endswith("project.0"):
-                shapes.append(layer["output_shape"])
-            elif not name.startswith(("stem", "blocks.", "last_conv")):
-                shapes.append(layer["output_shape"])
-        if n_blocks and layers and arch.last_conv_ch:
-            shapes.append([arch.last_conv_ch, 1, 1])   # the pooled vector
+        shapes = [layer["output_shape"] for layer in layers
+                  if layer["name"].endswith("project.0")
+                  or not layer["name"].startswith(("stem", "blocks.", "last_conv"))]
+    if arch is not None and layers:
+        shapes.append([arch.last_conv_ch or arch.blocks[-1].out_ch, 1, 1])   # the pooled vector
     per_size: dict[tuple, int] = defaultdict(int)
     for shape in shapes:
         c, h, w = (shape + [1, 1])[:3]
