@@ -37,6 +37,9 @@ def add_commands(sub) -> None:
     p = sub.add_parser("tradeoff", help="params, MAdds, memory, latency over α × ρ")
     _grid_options(p)
     p.add_argument("--no-latency", action="store_true", help="analytic columns only")
+    p.add_argument("--backends", nargs="*", default=None,
+                   help="deployment backends timed besides eager fp32: onnxruntime, int8 "
+                        "(default: both when the deployment module is installed)")
     p.add_argument("--out", default=None, help="log-scale plot (e.g. tradeoff.png)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_tradeoff)
@@ -159,14 +162,14 @@ def _progress(enabled: bool):
 def _print_rows(rows) -> None:
     extra = sorted({k for r in rows for k in r if k.startswith("latency_ms_")})
     cols = f"{'α':>5s} {'ρ':>4s} {'params':>10s} {'MAdds':>13s} {'peak KB':>9s} {'fp32 ms':>8s}"
-    cols += "".join(f" {k[len('latency_ms_'):]:>12s}" for k in extra) + f" {'top-1':>6s}"
+    cols += "".join(f" {k[len('latency_ms_'):] + ' ms':>14s}" for k in extra) + f" {'top-1':>6s}"
     print(cols)
     for r in rows:
         lat = f"{r['latency_ms']:.2f}" if r["latency_ms"] is not None else "-"
         line = (f"{r['width_mult']:>5g} {r['resolution']:>4d} {r['params']:>10,d} {r['madds']:>13,d} "
                 f"{r['peak_memory_bytes_fp32'] / 1000:>9,.0f} {lat:>8s}")
         for k in extra:
-            line += f" {r[k]:>12.2f}" if r.get(k) is not None else f" {'-':>12s}"
+            line += f" {r[k]:>14.2f}" if r.get(k) is not None else f" {'-':>14s}"
         line += f" {100 * r['top1']:>5.1f}%" if r["top1"] is not None else f" {'-':>6s}"
         print(line)
 
@@ -178,7 +181,8 @@ def _cmd_tradeoff(args) -> int:
         check_figure_path(args.out)
     rows = tradeoff_grid(args.family, args.widths, args.resolutions, latency=not args.no_latency,
                          repeats=args.repeats, checkpoints=args.checkpoints,
-                         model_kwargs=_kwargs(args), progress=_progress(not args.json))
+                         model_kwargs=_kwargs(args), progress=_progress(not args.json),
+                         backends=args.backends)
     if args.out:
         plot_tradeoff(rows, args.out)
     if args.json:

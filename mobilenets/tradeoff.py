@@ -4,7 +4,8 @@ budget.
 
 Cost is analytic (the profiler); latency is measured here, one image at a time, eager fp32 with
 the allocator tuned (`runtime.tune_allocator`) and channels_last, the median of repeated runs.
-When the deployment module is installed, its backends add int8 / ONNX Runtime columns.
+When the deployment module (`mobilenets.bench`) is installed, its ONNX Runtime fp32 and int8
+forms are timed too.
 Accuracy comes from trained checkpoints when given; otherwise `fit` ranks by multiply-adds, the
 papers' own proxy: within a family, accuracy rises monotonically with MAdds across their α × ρ
 tables.
@@ -67,18 +68,41 @@ def measure_latency(model: torch.nn.Module, resolution: int, repeats: int = 20,
     return statistics.median(times)
 
 
-def deployment_backends() -> dict:
-    """Latency functions from the deployment module, when it is installed and offers them.
+DEPLOY_BACKENDS = ("onnxruntime", "int8")
 
-    The deployment module (issue 5) exposes `latency_backends() -> {name: fn(model, resolution,
-    repeats) -> ms}` (e.g. "onnxruntime_fp32", "int8"); without it only eager fp32 is measured.
-    """
+
+def deployment_available() -> bool:
+    """True when the deployment module (issue 5: `mobilenets.bench`) and ONNX Runtime are
+    installed; then int8 and ONNX Runtime latencies join the eager fp32 one."""
     try:
-        deploy = importlib.import_module("mobilenets.deploy")
+        bench = importlib.import_module("mobilenets.bench")
+        importlib.import_module("onnxruntime")
     except ImportError:
-        return {}
-    backends = getattr(deploy, "latency_backends", None)
-    return dict(backends()) if callable(backends) else {}
+        return False
+    return all(callable(getattr(bench, f, None)) for f in ("contenders", "time_runs"))
+
+
+def deployment_latency(family: str, width: float, resolution: int, backends, repeats: int,
+                       model_kwargs: dict | None = None) -> dict:
+    """{backend: median ms of one image} from the deployment module's own contenders (the same
+    export, int8 calibration and session settings `mobilenets bench` times)."""
+    import tempfile
+
+    from .models import mobilenet, register_model
+    bench = importlib.import_module("mobilenets.bench")
+    # The deployment module builds models by registered name; name this grid point.
+    spec = f"tradeoff:{family}:{width:g}:" + ",".join(f"{k}={v}" for k, v in sorted((model_kwargs or {}).items()))
+    register_model(spec, mobilenet, family=family, width_mult=width, **(model_kwargs or {}))
+    threads = torch.get_num_threads()
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="mobilenets-tradeoff-") as tmp:
+        cands, info = bench.contenders(spec, list(backends), [], Path(tmp), threads,
+                                       resolution=resolution, log=lambda *a, **k: None)
+        x = torch.randn(1, *info["input_shape"])
+        for c in cands:
+            times = bench.time_runs(c.make_call(x), repeats, 2, float("inf"))
+            out[c.backend] = statistics.median(times) * 1e3
+    return out
 
 
 def checkpoint_accuracy(path) -> dict:
@@ -112,12 +136,14 @@ def checkpoint_accuracy(path) -> dict:
 
 def tradeoff_grid(family: str, widths=None, resolutions=None, latency: bool = True,
                   repeats: int = 20, checkpoints=(), model_kwargs: dict | None = None,
-                  progress=None) -> list[dict]:
+                  progress=None, backends=None) -> list[dict]:
     """One row per (α, ρ): params, MAdds, analytic peak memory, latencies and accuracy.
 
     Rows: {"model", "width_mult", "resolution", "params", "params_without_bn", "madds",
     "peak_memory_bytes_fp32", "memory_table3_bytes_fp16", "latency_ms" (eager fp32, or None),
     "latency_ms_<backend>" for each deployment backend, "top1" (None without a checkpoint)}.
+    backends: deployment backends to time besides eager fp32 (default: onnxruntime and int8
+    when the deployment module is installed, none otherwise).
     """
     from .models import check_resolution, create_model
     from .profile import profile
@@ -133,7 +159,15 @@ def tradeoff_grid(family: str, widths=None, resolutions=None, latency: bool = Tr
             widths.append(acc["width_mult"])
         if acc["resolution"] not in resolutions:
             resolutions.append(acc["resolution"])
-    backends = deployment_backends() if latency else {}
+    if backends is None:
+        backends = DEPLOY_BACKENDS if latency and deployment_available() else ()
+    backends = list(backends)
+    unknown = [b for b in backends if b not in DEPLOY_BACKENDS]
+    if unknown:
+        raise MobileNetsError(f"backend {unknown[0]!r} is not one of {', '.join(DEPLOY_BACKENDS)}")
+    if backends and not deployment_available():
+        raise MobileNetsError(f"backends {', '.join(backends)} need the deployment module "
+                              "(mobilenets.bench) and onnxruntime, which are not installed")
     rows = []
     for w in sorted(widths):
         model = create_model(family, width_mult=w, **(model_kwargs or {}))
@@ -147,8 +181,10 @@ def tradeoff_grid(family: str, widths=None, resolutions=None, latency: bool = Tr
                    "latency_ms": None, "top1": accuracy.get((w, r))}
             if latency:
                 row["latency_ms"] = measure_latency(model, r, repeats)
-                for name, fn in backends.items():
-                    row[f"latency_ms_{name}"] = fn(model, r, repeats)
+                if backends:
+                    for name, ms in deployment_latency(family, w, r, backends, repeats,
+                                                       model_kwargs).items():
+                        row[f"latency_ms_{name}"] = ms
             rows.append(row)
             if progress:
                 progress(row)
