@@ -19,6 +19,7 @@ import math
 import shlex
 import statistics
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,8 +68,12 @@ ABLATIONS = (
 
 @dataclass(frozen=True)
 class Schedule:
-    """How long each arm trains: epochs over (a subset of) the training set."""
-    epochs: int = 2
+    """How long each arm trains: epochs over (a subset of) the training set.
+
+    The default, one epoch of all 60,000 images for each of the 9 configurations × 3 seeds,
+    is 1.62 M training images: within 2 hours when the trainer reaches about 250 img/s.
+    """
+    epochs: int = 1
     batch_size: int = 128
     limit_train: int = 0    # 0 = all 60,000 images
     limit_test: int = 0     # 0 = all 10,000 test images
@@ -204,9 +209,14 @@ def run_ablations(out: str | Path, seeds: int = 3, schedule: Schedule = Schedule
     done = _read_results(results_path, schedule)
     configs = arm_configs(ablations)
     todo = [(k, s) for s in range(seeds) for k in configs if (k, s) not in done]
+    started = time.perf_counter()
     for i, (key, seed) in enumerate(todo, 1):
         if progress:
-            print(f"[{i}/{len(todo)}] {key} (α={configs[key]['width_mult']:g}) seed {seed}",
+            eta = ""
+            if i > 1:
+                left = (time.perf_counter() - started) / (i - 1) * (len(todo) - i + 1)
+                eta = f", about {left / 60:.0f} min left"
+            print(f"[{i}/{len(todo)}] {key} (α={configs[key]['width_mult']:g}) seed {seed}{eta}",
                   file=sys.stderr, flush=True)
         rec = train_fn(key, configs[key], seed, schedule, out / "runs" / schedule.tag() / f"{key}-seed{seed}",
                        data_dir, progress)

@@ -106,7 +106,7 @@ def deployment_latency(family: str, width: float, resolution: int, backends, rep
 
 
 def checkpoint_accuracy(path) -> dict:
-    """(model, width, resolution, top1) of a trained weights file.
+    """Family, width, resolution, top-1 and the other model options of a trained weights file.
 
     Accuracy is read from the file's metadata ("top1") or from the trainer's report.json beside
     it; the configuration from its metadata.
@@ -130,8 +130,9 @@ def checkpoint_accuracy(path) -> dict:
         raise MobileNetsError(f"{path}: has no 'model' in its metadata")
     kwargs = {**model_defaults(name), **meta.get("model_kwargs", {})}
     resolution = (meta.get("preprocessing") or {}).get("resolution", 224)
-    return {"family": kwargs.get("family", name), "width_mult": float(kwargs.get("width_mult", 1.0)),
-            "resolution": int(resolution), "top1": float(top1), "checkpoint": str(path)}
+    return {"family": kwargs.pop("family", name), "width_mult": float(kwargs.pop("width_mult", 1.0)),
+            "resolution": int(resolution), "top1": float(top1), "checkpoint": str(path),
+            "model_kwargs": kwargs}
 
 
 def tradeoff_grid(family: str, widths=None, resolutions=None, latency: bool = True,
@@ -148,12 +149,16 @@ def tradeoff_grid(family: str, widths=None, resolutions=None, latency: bool = Tr
     from .models import check_resolution, create_model
     from .profile import profile
 
+    accs = [checkpoint_accuracy(c) for c in checkpoints]
+    if accs:
+        # Checkpoints fix the grid's model options (classes, channels, small input...): the
+        # MAdds beside an accuracy must be those of the network that reached it.
+        model_kwargs = _checkpoint_options(accs, family, model_kwargs or {})
+        widths = widths if widths is not None else sorted({a["width_mult"] for a in accs})
+        resolutions = resolutions if resolutions is not None else sorted({a["resolution"] for a in accs})
     widths, resolutions = _grid(family, widths, resolutions)
     accuracy = {}
-    for ckpt in checkpoints:
-        acc = checkpoint_accuracy(ckpt)
-        if acc["family"] != family:
-            raise MobileNetsError(f"{ckpt}: is a {acc['family']} checkpoint, not {family}")
+    for acc in accs:
         accuracy[(acc["width_mult"], acc["resolution"])] = acc["top1"]
         if acc["width_mult"] not in widths:
             widths.append(acc["width_mult"])
@@ -189,6 +194,24 @@ def tradeoff_grid(family: str, widths=None, resolutions=None, latency: bool = Tr
             if progress:
                 progress(row)
     return rows
+
+
+def _checkpoint_options(accs: list[dict], family: str, given: dict) -> dict:
+    from .models import model_defaults
+    defaults = model_defaults(family)
+    options = accs[0]["model_kwargs"]
+    for acc in accs:
+        if acc["family"] != family:
+            raise MobileNetsError(f"{acc['checkpoint']}: is a {acc['family']} checkpoint, not {family}")
+        if acc["model_kwargs"] != options:
+            raise MobileNetsError(f"{acc['checkpoint']}: was built with {acc['model_kwargs']}, "
+                                  f"{accs[0]['checkpoint']} with {options}; compare like with like")
+    for key, value in given.items():
+        if options.get(key, defaults.get(key, False)) != value:
+            raise MobileNetsError(f"{accs[0]['checkpoint']}: was built with {key}="
+                                  f"{options.get(key, defaults.get(key, False))!r}, not {value!r}; "
+                                  f"drop --{key.replace('_', '-')}")
+    return {**options, **given}
 
 
 def _score(row: dict, by_accuracy: bool) -> tuple:
@@ -275,6 +298,21 @@ def _nothing_fits(rows, budgets, family, repeats, model_kwargs) -> str:
             f"but {flag} is {limit:,.4g} ({ratio:.2f}× over)")
 
 
+def _label_log_axis(axis, text) -> None:
+    """Plain numbers on a log axis, at 1, 2, 3 and 5 of each decade (matplotlib's default is 10^x)."""
+    import math
+
+    from matplotlib.ticker import FuncFormatter
+
+    def label(v, _):
+        if v <= 0:
+            return ""
+        lead = round(v / 10 ** math.floor(math.log10(v) + 1e-9), 6)
+        return text(v) if lead in (1, 2, 3, 5) else ""
+    axis.set_major_formatter(FuncFormatter(label))
+    axis.set_minor_formatter(FuncFormatter(label))
+
+
 def plot_tradeoff(rows: list[dict], path) -> None:
     """MAdds (log scale) against top-1 where known, else against measured latency / params, one
     line per width like the papers' MAdds-vs-accuracy figures."""
@@ -295,8 +333,11 @@ def plot_tradeoff(rows: list[dict], path) -> None:
         for m, y, res in pts:
             ax.annotate(str(res), (m, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
     ax.set_xscale("log")
+    _label_log_axis(ax.xaxis, lambda v: f"{v / 1e6:g}M")
     if y_key != "top1":
         ax.set_yscale("log")
+        _label_log_axis(ax.yaxis, (lambda v: f"{v:g}") if y_key == "latency_ms" else
+                        (lambda v: f"{v / 1e6:g}M"))
     ax.set_xlabel("multiply-adds (log scale); labels: input resolution")
     ax.set_ylabel(y_label)
     ax.set_title(f"{rows[0]['model']}: width multiplier α × resolution ρ")

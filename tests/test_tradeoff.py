@@ -130,3 +130,16 @@ def test_int8_and_onnxruntime_latency_when_deployment_is_installed():
     rows = tradeoff_grid("mobilenet_v2", [0.35], [32], repeats=2, model_kwargs={"small_input": True},
                          backends=["int8"])
     assert rows[0]["latency_ms_int8"] > 0 and rows[0]["latency_ms"] > 0
+
+
+def test_checkpoint_options_set_the_grid(tmp_path):
+    ckpt = _checkpoint(tmp_path / "a.safetensors", 0.35, 32, 0.9)
+    rows = tradeoff_grid("mobilenet_v2", checkpoints=[ckpt], latency=False)
+    # Only the checkpoint's configuration, costed as the 10-class, 1-channel, stride-8 network.
+    assert [(r["width_mult"], r["resolution"]) for r in rows] == [(0.35, 32)]
+    small = create_model("mobilenet_v2", width_mult=0.35, num_classes=10, in_chans=1, small_input=True)
+    from mobilenets.profile import profile
+    assert rows[0]["madds"] == profile(small, 32)["madds"]
+    with pytest.raises(MobileNetsError, match="was built with minimalistic=False"):
+        tradeoff_grid("mobilenet_v2", checkpoints=[ckpt], latency=False,
+                      model_kwargs={"minimalistic": True})
