@@ -143,8 +143,10 @@ def profile(model, resolution: int = 224) -> dict:
     x = torch.empty(1, _input_channels(model), resolution, resolution, device="meta")
     state = {k: v.to("meta") for k, v in [*model.named_parameters(), *model.named_buffers()]}
     tracer = _Tracer(model)
+    # Training mode traces conv and batch norm as the separate ops that the papers count and
+    # that plain eager execution runs (eval mode folds BN into the conv on the fly).
     was_training = model.training
-    model.eval()
+    model.train()
     try:
         with torch.no_grad():
             torch.func.functional_call(model, state, (x,))

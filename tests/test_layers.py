@@ -40,3 +40,23 @@ def test_residual_block_adds_its_input():
     torch.nn.init.zeros_(block.project[1].weight)     # branch output 0 -> block is identity
     x = torch.randn(1, 16, 6, 6)
     torch.testing.assert_close(block(x), x)
+
+
+def test_eval_folds_batch_norm_into_conv_with_the_same_output():
+    from mobilenets.layers import ConvBNAct
+    torch.manual_seed(0)
+    unit = ConvBNAct(8, 16, 3, 2, act="relu6", padding="same")
+    with torch.no_grad():                   # BN with non-trivial statistics and affine terms
+        bn = unit[2]
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-1, 1)
+    unit.eval()
+    x = torch.randn(2, 8, 9, 9)
+    folded = unit(x)
+    ConvBNAct.fold_bn_in_eval = False
+    try:
+        plain = unit(x)
+    finally:
+        ConvBNAct.fold_bn_in_eval = True
+    torch.testing.assert_close(folded, plain, rtol=1e-5, atol=1e-6)
+    assert folded.shape == (2, 16, 5, 5)
