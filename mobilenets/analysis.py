@@ -51,7 +51,8 @@ def add_commands(sub) -> None:
     p.add_argument("--max-madds", type=float, default=None, help="e.g. 150e6")
     p.add_argument("--max-params", type=float, default=None, help="e.g. 2e6")
     p.add_argument("--max-memory-kb", type=float, default=None,
-                   help="peak fp32 activation memory of one image, KB (1000 B)")
+                   help="inference memory as V2 Table 3 counts it (largest tensor with split "
+                        "expansions, fp16), KB = 1000 B; V2 1.0 at 224 needs 400")
     p.add_argument("--alternatives", type=int, default=4, help="runner-ups to print")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_fit)
@@ -161,13 +162,15 @@ def _progress(enabled: bool):
 
 def _print_rows(rows) -> None:
     extra = sorted({k for r in rows for k in r if k.startswith("latency_ms_")})
-    cols = f"{'α':>5s} {'ρ':>4s} {'params':>10s} {'MAdds':>13s} {'peak KB':>9s} {'fp32 ms':>8s}"
+    cols = (f"{'α':>5s} {'ρ':>4s} {'params':>10s} {'MAdds':>13s} {'T3 KB':>7s} {'eager KB':>9s} "
+            f"{'fp32 ms':>8s}")
     cols += "".join(f" {k[len('latency_ms_'):] + ' ms':>14s}" for k in extra) + f" {'top-1':>6s}"
     print(cols)
     for r in rows:
         lat = f"{r['latency_ms']:.2f}" if r["latency_ms"] is not None else "-"
         line = (f"{r['width_mult']:>5g} {r['resolution']:>4d} {r['params']:>10,d} {r['madds']:>13,d} "
-                f"{r['peak_memory_bytes_fp32'] / 1000:>9,.0f} {lat:>8s}")
+                f"{r['memory_table3_bytes_fp16'] / 1000:>7,.0f} {r['peak_memory_bytes_fp32'] / 1000:>9,.0f} "
+                f"{lat:>8s}")
         for k in extra:
             line += f" {r[k]:>14.2f}" if r.get(k) is not None else f" {'-':>14s}"
         line += f" {100 * r['top1']:>5.1f}%" if r["top1"] is not None else f" {'-':>6s}"
@@ -189,8 +192,9 @@ def _cmd_tradeoff(args) -> int:
         print(json.dumps({"family": args.family, "rows": rows}))
         return 0
     _print_rows(rows)
-    print("peak KB: analytic fp32 activations of one image; fp32 ms: eager, batch 1, median of "
-          f"{args.repeats}, measured on this machine")
+    print("T3 KB: V2 Table 3 memory (fp16, split expansions); eager KB: peak fp32 activations of "
+          f"one image, both analytic; fp32 ms: eager, batch 1, median of {args.repeats}, measured "
+          "on this machine")
     if args.out:
         print(f"wrote {args.out}")
     return 0

@@ -27,7 +27,9 @@ BUDGET_KEYS = {  # budget name → (row field, unit shown, scale from the field 
     "max_latency_ms": ("latency_ms", "ms", 1.0),
     "max_madds": ("madds", "MAdds", 1.0),
     "max_params": ("params", "params", 1.0),
-    "max_memory_kb": ("peak_memory_bytes_fp32", "KB", 1e-3),
+    # V2 §5.1 / Table 3: the largest tensor inference must hold when expansions are computed in
+    # channel splits, 16-bit activations (V2 1.0 at 224: 400K); the papers' memory figure.
+    "max_memory_kb": ("memory_table3_bytes_fp16", "KB", 1e-3),
 }
 
 
@@ -225,8 +227,8 @@ def fit(family: str, budgets: dict, widths=None, resolutions=None, repeats: int 
         progress=None) -> dict:
     """The best (α, ρ) of the grid within every budget, and the runner-ups.
 
-    budgets: any of max_latency_ms, max_madds, max_params, max_memory_kb (peak fp32 activation
-    memory of one image, analytic). Ranked by MAdds (accuracy proxy), or by top-1 of the
+    budgets: any of max_latency_ms, max_madds, max_params, max_memory_kb (V2 Table 3 memory,
+    fp16, K = 1000 B, analytic). Ranked by MAdds (accuracy proxy), or by top-1 of the
     checkpoints given (then only their configurations compete). Latency is measured lazily, best
     candidate first, until the winner and its runner-ups are known. Returns the chosen row with
     "alternatives": [next best rows], "budgets" and "ranked_by"; if nothing fits, a one-line

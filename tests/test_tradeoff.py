@@ -143,3 +143,12 @@ def test_checkpoint_options_set_the_grid(tmp_path):
     with pytest.raises(MobileNetsError, match="was built with minimalistic=False"):
         tradeoff_grid("mobilenet_v2", checkpoints=[ckpt], latency=False,
                       model_kwargs={"minimalistic": True})
+
+
+def test_memory_budget_is_the_papers_table3_figure():
+    # V2 1.0 at 224 needs the paper's "400K" (16 ch × 112² × 2 B = 401,408 B); 1.4 at 192 needs
+    # 24 ch × 96² × 2 B = 442K and is excluded although it has more MAdds.
+    best = fit("mobilenet_v2", {"max_memory_kb": 410}, [1.0, 1.4], [192, 224], alternatives=1)
+    assert (best["width_mult"], best["resolution"]) == (1.0, 224)
+    assert best["memory_table3_bytes_fp16"] == 401_408
+    assert (best["alternatives"][0]["width_mult"], best["alternatives"][0]["resolution"]) == (1.0, 192)
