@@ -15,7 +15,6 @@ on each of the papers' orderings go to docs/ablations.md.
 from __future__ import annotations
 
 import json
-import math
 import shlex
 import statistics
 import sys
@@ -226,8 +225,9 @@ def run_ablations(out: str | Path, seeds: int = 3, schedule: Schedule = Schedule
     return summarize(ablations, configs, done, seeds, schedule)
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else float("nan"))
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation; no deviation from a single run (None, valid JSON)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
 def summarize(ablations, configs, done, seeds: int, schedule: Schedule) -> dict:
@@ -248,10 +248,11 @@ def summarize(ablations, configs, done, seeds: int, schedule: Schedule) -> dict:
                          "madds": recs[0]["madds"], "params": recs[0]["params"],
                          "top1": [r["top1"] for r in recs]})
         by = {a["label"]: a for a in arms}
-        gaps = [(by[w]["top1_mean"] - by[l]["top1_mean"],
-                 max(by[w]["top1_std"], by[l]["top1_std"])) for w, l in ab.better]
-        held = all(g > 0 for g, _ in gaps)
-        clear = held and all(not math.isnan(s) and g > s for g, s in gaps)
+        gaps = [(by[w]["top1_mean"] - by[l]["top1_mean"], by[w]["top1_std"], by[l]["top1_std"])
+                for w, l in ab.better]
+        held = all(g > 0 for g, _, _ in gaps)
+        clear = held and all(sw is not None and sl is not None and g > max(sw, sl)
+                             for g, sw, sl in gaps)
         out["ablations"].append({"name": ab.name, "title": ab.title, "claim": ab.claim,
                                  "better": [list(p) for p in ab.better], "arms": arms,
                                  "held": held, "clear": clear})
@@ -267,7 +268,7 @@ def plot_ablations(summary: dict, path) -> None:
     for ax, ab in zip(axes[0], abls):
         labels = [a["label"] for a in ab["arms"]]
         means = [100 * a["top1_mean"] for a in ab["arms"]]
-        stds = [0 if math.isnan(a["top1_std"]) else 100 * a["top1_std"] for a in ab["arms"]]
+        stds = [100 * (a["top1_std"] or 0.0) for a in ab["arms"]]
         ax.bar(labels, means, yerr=stds, capsize=4, color="tab:blue", alpha=0.8)
         low = min(m - s for m, s in zip(means, stds))
         high = max(m + s for m, s in zip(means, stds))
@@ -281,8 +282,8 @@ def plot_ablations(summary: dict, path) -> None:
     save_figure(fig, path)
 
 
-def _pct(mean: float, std: float) -> str:
-    return f"{100 * mean:.2f}" + ("" if math.isnan(std) else f" ± {100 * std:.2f}")
+def _pct(mean: float, std: float | None) -> str:
+    return f"{100 * mean:.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
 
 
 def render_markdown(summary: dict, command: str, chart_name: str) -> str:
@@ -324,7 +325,7 @@ def render_markdown(summary: dict, command: str, chart_name: str) -> str:
             verdict = "held in the means, but within one standard deviation: not a clear result"
         else:
             by = {a["label"]: a for a in ab["arms"]}
-            broken = [f"{w} {_pct(by[w]['top1_mean'], math.nan)}% ≤ {l} {_pct(by[l]['top1_mean'], math.nan)}%"
+            broken = [f"{w} {_pct(by[w]['top1_mean'], None)}% ≤ {l} {_pct(by[l]['top1_mean'], None)}%"
                       for w, l in ab["better"] if by[w]["top1_mean"] <= by[l]["top1_mean"]]
             verdict = "did not hold: " + "; ".join(broken)
         lines.append(f"- **{ab['title']}** — the paper: {ab['claim']}. Here: {verdict}.")
