@@ -105,7 +105,7 @@ def _cmd_manifold(args) -> int:
 
 
 def _cmd_cost(args) -> int:
-    from .cost import TABLE2_PAPER, TABLE2_ROWS, breakdown, layer_costs
+    from .cost import TABLE2_PAPER, breakdown, layer_costs
     from .errors import MobileNetsError
     layer_flags = (args.in_ch, args.out_ch, args.kernel, args.size)
     if all(v is None for v in layer_flags) and args.model is None:
@@ -132,16 +132,15 @@ def _cmd_cost(args) -> int:
               f"{result['formula_ratio']:.6f} ({1 / result['ratio']:.2f}× less computation)")
     if "breakdown" in result:
         b = result["breakdown"]
-        names = dict((kind, name) for name, kind in TABLE2_ROWS)
         paper = b["model"] == "mobilenet_v1" and b["resolution"] == 224
         print(f"{b['model']} at {b['resolution']} px: {b['madds']:,d} MAdds, {b['params']:,d} weights")
-        head = f"  {'type':18s} {'MAdds':>8s} {'params':>8s}"
-        print(head + (f"   {'paper':>8s} {'paper':>8s}" if paper else ""))
+        head = f"  {'type':22s} {'MAdds':>8s} {'params':>8s}"
+        print(head + (f"   {'paper: MAdds':>12s} {'params':>8s}" if paper else ""))
         for r in b["rows"]:
-            line = f"  {names.get(r['kind'], r['kind']):18s} {r['madds_pct']:>7.2f}% {r['params_pct']:>7.2f}%"
+            line = f"  {r['name']:22s} {r['madds_pct']:>7.2f}% {r['params_pct']:>7.2f}%"
             if paper and r["kind"] in TABLE2_PAPER:
                 pm, pp = TABLE2_PAPER[r["kind"]]
-                line += f"   {pm:>7.2f}% {pp:>7.2f}%"
+                line += f"   {pm:>11.2f}% {pp:>7.2f}%"
             print(line)
         print("  weights exclude biases and batch norm, as the paper counts them")
         if paper:

@@ -10,9 +10,10 @@ from collections import defaultdict
 
 from .errors import MobileNetsError
 
-# V1 Table 2 rows, in the paper's order, and the profiler kinds they gather.
-TABLE2_ROWS = (("Conv 1×1", "pointwise"), ("Conv DW 3×3", "depthwise"),
-               ("Conv 3×3", "conv"), ("Fully Connected", "fc"))
+# V1 Table 2 rows in the paper's order: the profiler kind each gathers and its row name (the
+# kernel sizes found in the model are appended, e.g. "Conv DW 3×3, 5×5" for V3).
+TABLE2_ROWS = (("pointwise", "Conv"), ("depthwise", "Conv DW"), ("conv", "Conv"),
+               ("fc", "Fully Connected"))
 # MobileNets (Howard et al. 2017), Table 2: % of multiply-adds, % of parameters.
 TABLE2_PAPER = {"pointwise": (94.86, 74.59), "depthwise": (3.06, 1.06),
                 "conv": (1.19, 0.02), "fc": (0.18, 24.33)}
@@ -93,19 +94,25 @@ def breakdown(model, resolution: int = 224) -> dict:
     layers fall under their kind too). Weights exclude biases and batch norm, which is what
     reproduces the paper's parameter column: with the classifier's 1,000 biases counted, fc
     becomes 24.35% and 1×1 conv 74.57%.
-    Returns {"model", "resolution", "madds", "params", "rows": [{"kind", "madds",
+    Returns {"model", "resolution", "madds", "params", "rows": [{"kind", "name", "madds",
     "params", "madds_pct", "params_pct"}]}.
     """
     from .profile import profile
     report = profile(model, resolution)
-    madds, params = defaultdict(int), defaultdict(int)
+    madds, params, kernels = defaultdict(int), defaultdict(int), defaultdict(set)
     for layer in report["layers"]:
         madds[layer["kind"]] += layer["madds"]
         params[layer["kind"]] += weight_count(layer)
+        if layer["kind"] != "fc":
+            kernels[layer["kind"]].add(tuple(layer["kernel"]))
     total_m, total_p = sum(madds.values()), sum(params.values())
-    order = [kind for _, kind in TABLE2_ROWS] + sorted(set(madds) - {k for _, k in TABLE2_ROWS})
-    rows = [{"kind": kind, "madds": madds[kind], "params": params[kind],
-             "madds_pct": 100 * madds[kind] / total_m, "params_pct": 100 * params[kind] / total_p}
-            for kind in order if kind in madds]
+    names = dict(TABLE2_ROWS)
+    order = [kind for kind, _ in TABLE2_ROWS] + sorted(set(madds) - set(names))
+    rows = []
+    for kind in (k for k in order if k in madds):
+        sizes = ", ".join(f"{h}×{w}" for h, w in sorted(kernels[kind]))
+        rows.append({"kind": kind, "name": " ".join(filter(None, [names.get(kind, f"Conv {kind}"), sizes])),
+                     "madds": madds[kind], "params": params[kind],
+                     "madds_pct": 100 * madds[kind] / total_m, "params_pct": 100 * params[kind] / total_p})
     return {"model": report["model"], "resolution": resolution, "madds": total_m,
             "params": total_p, "rows": rows}

@@ -47,6 +47,7 @@ def test_v1_table2_breakdown_against_the_paper():
     b = breakdown("mobilenet_v1", 224)
     rows = {r["kind"]: r for r in b["rows"]}
     assert set(rows) == set(TABLE2_PAPER)
+    assert [r["name"] for r in b["rows"]] == ["Conv 1×1", "Conv DW 3×3", "Conv 3×3", "Fully Connected"]
     for kind, (madds_pct, params_pct) in TABLE2_PAPER.items():
         assert round(rows[kind]["params_pct"], 2) == params_pct, kind
         if kind != "conv":
@@ -57,6 +58,11 @@ def test_v1_table2_breakdown_against_the_paper():
     assert round(sum(m for m, _ in TABLE2_PAPER.values()), 2) == 99.29
     assert b["madds"] == 568_740_352
     assert sum(r["madds_pct"] for r in b["rows"]) == pytest.approx(100)
+
+
+def test_v3_rows_name_its_kernels():
+    names = [r["name"] for r in breakdown("mobilenet_v3_small", 224)["rows"]]
+    assert names == ["Conv 1×1", "Conv DW 3×3, 5×5", "Conv 3×3", "Fully Connected"]
 
 
 def test_cli_json_contract(capsys):
