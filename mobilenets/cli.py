@@ -9,7 +9,7 @@ import sys
 from .errors import MobileNetsError
 
 # Modules that contribute verbs; each has add_commands(subparsers) whose parsers set `func`.
-COMMAND_MODULES = ("mobilenets.cli", "mobilenets.analysis")
+COMMAND_MODULES = ("mobilenets.cli", "mobilenets.convert", "mobilenets.analysis")
 
 
 class _Parser(argparse.ArgumentParser):
