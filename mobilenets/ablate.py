@@ -14,6 +14,7 @@ on each of the papers' orderings go to docs/ablations.md.
 """
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 import statistics
@@ -93,6 +94,7 @@ class Schedule:
         return self
 
 
+@functools.lru_cache(maxsize=None)   # the width search asks for the same widths repeatedly
 def _madds(family: str, width: float) -> int:
     from .models import create_model
     from .profile import profile
