@@ -18,8 +18,8 @@ def pyplot():
 
 def check_figure_path(path: str | os.PathLike) -> Path:
     path = Path(path)
-    formats = pyplot().gcf().canvas.get_supported_filetypes()
-    pyplot().close("all")
+    from matplotlib.backend_bases import FigureCanvasBase
+    formats = FigureCanvasBase.get_supported_filetypes()
     ext = path.suffix.lstrip(".").lower()
     if ext not in formats:
         raise MobileNetsError(f"{path}: cannot write a figure with extension {path.suffix or '(none)'!r}; "
