@@ -69,6 +69,9 @@ def _grid_options(p) -> None:
     p.add_argument("--resolutions", type=int, nargs="*", default=None,
                    help="input resolutions ρ (default: 96 128 160 192 224)")
     p.add_argument("--repeats", type=int, default=20, help="timed runs per latency (median)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="PyTorch threads while timing (default: one per core; 1 is steadier on "
+                        "a machine other jobs are using)")
     p.add_argument("--checkpoints", nargs="*", default=(),
                    help="trained .safetensors files: their top-1 fills the accuracy column")
     p.add_argument("--small-input", action="store_true", default=None,
@@ -184,7 +187,7 @@ def _cmd_tradeoff(args) -> int:
     rows = tradeoff_grid(args.family, args.widths, args.resolutions, latency=not args.no_latency,
                          repeats=args.repeats, checkpoints=args.checkpoints,
                          model_kwargs=_kwargs(args), progress=_progress(not args.json),
-                         backends=args.backends)
+                         backends=args.backends, threads=args.threads)
     if args.out:
         plot_tradeoff(rows, args.out)
     if args.json:
@@ -208,7 +211,7 @@ def _cmd_fit(args) -> int:
                               "--max-madds, --max-params, --max-memory-kb")
     best = fit(args.family, budgets, args.widths, args.resolutions, args.repeats,
                args.checkpoints, args.alternatives, _kwargs(args),
-               progress=_progress(not args.json and "max_latency_ms" in budgets))
+               progress=_progress(not args.json and "max_latency_ms" in budgets), threads=args.threads)
     if args.json:
         print(json.dumps(best))
         return 0

@@ -12,6 +12,7 @@ tables.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import statistics
@@ -50,18 +51,39 @@ def _grid(family: str, widths, resolutions) -> tuple[list[float], list[int]]:
     return widths, resolutions
 
 
+@contextlib.contextmanager
+def intra_op_threads(threads: int | None):
+    """Run with `threads` PyTorch intra-op threads (None: leave the setting alone).
+
+    On a machine shared with other busy processes, every multi-threaded op waits for its
+    slowest thread to be scheduled: on this 2-core machine under load, MobileNetV2 0.35 at
+    96 px took 2 ms with one thread and 20–650 ms with two.
+    """
+    if threads is None:
+        yield
+        return
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise MobileNetsError(f"threads={threads!r} is out of range; allowed: integer >= 1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def measure_latency(model: torch.nn.Module, resolution: int, repeats: int = 20,
-                    warmup: int = 3, in_chans: int | None = None) -> float:
+                    warmup: int = 3, in_chans: int | None = None, threads: int | None = None) -> float:
     """Median milliseconds of one fp32 eager forward pass of one image (channels_last)."""
     from .runtime import tune_allocator
     tune_allocator()
-    if repeats < 1:
+    if not isinstance(repeats, int) or repeats < 1:
         raise MobileNetsError(f"repeats={repeats!r} is out of range; allowed: integer >= 1")
     chans = in_chans or model.pretrained_cfg.get("in_chans", 3)
     model = model.eval().to(memory_format=torch.channels_last)
     x = torch.randn(1, chans, resolution, resolution).contiguous(memory_format=torch.channels_last)
     times = []
-    with torch.inference_mode():
+    with intra_op_threads(threads), torch.inference_mode():
         for i in range(warmup + repeats):
             start = time.perf_counter()
             model(x)
@@ -85,7 +107,7 @@ def deployment_available() -> bool:
 
 
 def deployment_latency(family: str, width: float, resolution: int, backends, repeats: int,
-                       model_kwargs: dict | None = None) -> dict:
+                       model_kwargs: dict | None = None, threads: int | None = None) -> dict:
     """{backend: median ms of one image} from the deployment module's own contenders (the same
     export, int8 calibration and session settings `mobilenets bench` times)."""
     import tempfile
@@ -95,7 +117,7 @@ def deployment_latency(family: str, width: float, resolution: int, backends, rep
     # The deployment module builds models by registered name; name this grid point.
     spec = f"tradeoff:{family}:{width:g}:" + ",".join(f"{k}={v}" for k, v in sorted((model_kwargs or {}).items()))
     register_model(spec, mobilenet, family=family, width_mult=width, **(model_kwargs or {}))
-    threads = torch.get_num_threads()
+    threads = threads or torch.get_num_threads()
     out = {}
     with tempfile.TemporaryDirectory(prefix="mobilenets-tradeoff-") as tmp:
         cands, info = bench.contenders(spec, list(backends), [], Path(tmp), threads,
@@ -139,14 +161,15 @@ def checkpoint_accuracy(path) -> dict:
 
 def tradeoff_grid(family: str, widths=None, resolutions=None, latency: bool = True,
                   repeats: int = 20, checkpoints=(), model_kwargs: dict | None = None,
-                  progress=None, backends=None) -> list[dict]:
+                  progress=None, backends=None, threads: int | None = None) -> list[dict]:
     """One row per (α, ρ): params, MAdds, analytic peak memory, latencies and accuracy.
 
     Rows: {"model", "width_mult", "resolution", "params", "params_without_bn", "madds",
     "peak_memory_bytes_fp32", "memory_table3_bytes_fp16", "latency_ms" (eager fp32, or None),
     "latency_ms_<backend>" for each deployment backend, "top1" (None without a checkpoint)}.
     backends: deployment backends to time besides eager fp32 (default: onnxruntime and int8
-    when the deployment module is installed, none otherwise).
+    when the deployment module is installed, none otherwise). threads: intra-op threads while
+    timing (default: PyTorch's, one per core).
     """
     from .models import check_resolution, create_model
     from .profile import profile
@@ -187,10 +210,10 @@ def tradeoff_grid(family: str, widths=None, resolutions=None, latency: bool = Tr
                    "memory_table3_bytes_fp16": p["memory_table3_bytes_fp16"],
                    "latency_ms": None, "top1": accuracy.get((w, r))}
             if latency:
-                row["latency_ms"] = measure_latency(model, r, repeats)
+                row["latency_ms"] = measure_latency(model, r, repeats, threads=threads)
                 if backends:
                     for name, ms in deployment_latency(family, w, r, backends, repeats,
-                                                       model_kwargs).items():
+                                                       model_kwargs, threads).items():
                         row[f"latency_ms_{name}"] = ms
             rows.append(row)
             if progress:
@@ -224,7 +247,7 @@ def _score(row: dict, by_accuracy: bool) -> tuple:
 
 def fit(family: str, budgets: dict, widths=None, resolutions=None, repeats: int = 20,
         checkpoints=(), alternatives: int = 4, model_kwargs: dict | None = None,
-        progress=None) -> dict:
+        progress=None, threads: int | None = None) -> dict:
     """The best (α, ρ) of the grid within every budget, and the runner-ups.
 
     budgets: any of max_latency_ms, max_madds, max_params, max_memory_kb (V2 Table 3 memory,
@@ -257,14 +280,14 @@ def fit(family: str, budgets: dict, widths=None, resolutions=None, repeats: int 
             break
         if "max_latency_ms" in budgets:
             model = create_model(family, width_mult=row["width_mult"], **(model_kwargs or {}))
-            row["latency_ms"] = measure_latency(model, row["resolution"], repeats)
+            row["latency_ms"] = measure_latency(model, row["resolution"], repeats, threads=threads)
             if progress:
                 progress(row)
             if not _within(row, "max_latency_ms", budgets["max_latency_ms"]):
                 continue
         feasible.append(row)
     if not feasible:
-        raise MobileNetsError(_nothing_fits(pool, budgets, family, repeats, model_kwargs))
+        raise MobileNetsError(_nothing_fits(pool, budgets, family, repeats, model_kwargs, threads))
     best = dict(feasible[0])
     best["alternatives"] = feasible[1:]
     best["budgets"] = budgets
@@ -278,13 +301,14 @@ def _within(row: dict, key: str, limit: float) -> bool:
     return value is not None and value * scale <= limit
 
 
-def _nothing_fits(rows, budgets, family, repeats, model_kwargs) -> str:
+def _nothing_fits(rows, budgets, family, repeats, model_kwargs, threads) -> str:
     """Name the budget that excludes the smallest model (fewest MAdds) and by how much."""
     from .models import create_model
     smallest = min(rows, key=lambda r: (r["madds"], r["params"]))
     if smallest["latency_ms"] is None and "max_latency_ms" in budgets:
         model = create_model(family, width_mult=smallest["width_mult"], **(model_kwargs or {}))
-        smallest = {**smallest, "latency_ms": measure_latency(model, smallest["resolution"], repeats)}
+        smallest = {**smallest, "latency_ms": measure_latency(model, smallest["resolution"], repeats,
+                                                              threads=threads)}
     excess = []
     for key, limit in budgets.items():
         field, unit, scale = BUDGET_KEYS[key]

@@ -34,6 +34,16 @@ def test_latency_is_measured():
     assert rows[0]["latency_ms"] > 0
 
 
+def test_thread_count_is_restored():
+    import torch
+    before = torch.get_num_threads()
+    model = create_model("mobilenet_v2", width_mult=0.35, small_input=True)
+    assert measure_latency(model, 32, repeats=1, warmup=0, threads=1) > 0
+    assert torch.get_num_threads() == before
+    with pytest.raises(MobileNetsError, match="threads=0"):
+        measure_latency(model, 32, threads=0)
+
+
 def test_empty_grid():
     with pytest.raises(MobileNetsError, match="empty grid"):
         tradeoff_grid("mobilenet_v2", [], [96])
