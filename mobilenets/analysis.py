@@ -69,9 +69,8 @@ def _grid_options(p) -> None:
     p.add_argument("--resolutions", type=int, nargs="*", default=None,
                    help="input resolutions ρ (default: 96 128 160 192 224)")
     p.add_argument("--repeats", type=int, default=20, help="timed runs per latency (median)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="PyTorch threads while timing (default: one per core; 1 is steadier on "
-                        "a machine other jobs are using)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="PyTorch threads while timing (default 1: the papers time one core)")
     p.add_argument("--checkpoints", nargs="*", default=(),
                    help="trained .safetensors files: their top-1 fills the accuracy column")
     p.add_argument("--small-input", action="store_true", default=None,
@@ -195,8 +194,8 @@ def _cmd_tradeoff(args) -> int:
         return 0
     _print_rows(rows)
     print("T3 KB: V2 Table 3 memory (fp16, split expansions); eager KB: peak fp32 activations of "
-          f"one image, both analytic; fp32 ms: eager, batch 1, median of {args.repeats}, measured "
-          "on this machine")
+          f"one image, both analytic; fp32 ms: eager, batch 1, {args.threads} thread(s), median of "
+          f"{args.repeats}, measured on this machine")
     if args.out:
         print(f"wrote {args.out}")
     return 0

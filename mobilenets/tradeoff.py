@@ -2,8 +2,9 @@
 cost of every (α, ρ) on a grid, measured latency on this machine, and the best pair under a
 budget.
 
-Cost is analytic (the profiler); latency is measured here, one image at a time, eager fp32 with
-the allocator tuned (`runtime.tune_allocator`) and channels_last, the median of repeated runs.
+Cost is analytic (the profiler); latency is measured here, one image at a time on one thread
+as the papers do (V2 Table 4: one core of a Pixel 1), eager fp32 with the allocator tuned
+(`runtime.tune_allocator`) and channels_last, the median of repeated runs.
 When the deployment module (`mobilenets.bench`) is installed, its ONNX Runtime fp32 and int8
 forms are timed too.
 Accuracy comes from trained checkpoints when given; otherwise `fit` ranks by multiply-adds, the
@@ -161,7 +162,7 @@ def checkpoint_accuracy(path) -> dict:
 
 def tradeoff_grid(family: str, widths=None, resolutions=None, latency: bool = True,
                   repeats: int = 20, checkpoints=(), model_kwargs: dict | None = None,
-                  progress=None, backends=None, threads: int | None = None) -> list[dict]:
+                  progress=None, backends=None, threads: int | None = 1) -> list[dict]:
     """One row per (α, ρ): params, MAdds, analytic peak memory, latencies and accuracy.
 
     Rows: {"model", "width_mult", "resolution", "params", "params_without_bn", "madds",
@@ -169,7 +170,8 @@ def tradeoff_grid(family: str, widths=None, resolutions=None, latency: bool = Tr
     "latency_ms_<backend>" for each deployment backend, "top1" (None without a checkpoint)}.
     backends: deployment backends to time besides eager fp32 (default: onnxruntime and int8
     when the deployment module is installed, none otherwise). threads: intra-op threads while
-    timing (default: PyTorch's, one per core).
+    timing: one by default, as the papers time one image on one core (V2 Table 4: Pixel 1,
+    single core); None leaves PyTorch's setting.
     """
     from .models import check_resolution, create_model
     from .profile import profile
@@ -247,7 +249,7 @@ def _score(row: dict, by_accuracy: bool) -> tuple:
 
 def fit(family: str, budgets: dict, widths=None, resolutions=None, repeats: int = 20,
         checkpoints=(), alternatives: int = 4, model_kwargs: dict | None = None,
-        progress=None, threads: int | None = None) -> dict:
+        progress=None, threads: int | None = 1) -> dict:
     """The best (α, ρ) of the grid within every budget, and the runner-ups.
 
     budgets: any of max_latency_ms, max_madds, max_params, max_memory_kb (V2 Table 3 memory,
