@@ -9,7 +9,7 @@ import sys
 from .errors import MobileNetsError
 
 # Modules that contribute verbs; each has add_commands(subparsers) whose parsers set `func`.
-COMMAND_MODULES = ("mobilenets.cli", "mobilenets.convert", "mobilenets.scenes")
+COMMAND_MODULES = ("mobilenets.cli", "mobilenets.convert", "mobilenets.analysis", "mobilenets.scenes")
 
 
 class _Parser(argparse.ArgumentParser):
