@@ -54,7 +54,9 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         raise MobileNetsError(f"{path}: no such file")
     with open(path, "rb") as f:
         head = f.read(9)
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+    # safetensors: an 8-byte little-endian header length, then the JSON header. That length's
+    # first byte can be 0x80 too, so the '{' at byte 8 decides before the pickle/zip sniffing.
+    if head[8:9] != b"{" and (head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"):
         return read_torch_checkpoint(path)
     try:
         state = load_file(str(path))

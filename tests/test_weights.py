@@ -241,3 +241,19 @@ def test_act_option():
         create_model("mobilenet_v3_small", act="relu6")
     with pytest.raises(MobileNetsError, match="act='gelu' is not one of"):
         create_model("mobilenet_v2", act="gelu")
+
+
+def test_safetensors_whose_header_length_starts_with_0x80(tmp_path):
+    # The first byte of the header length is the pickle magic by chance; the file must still be
+    # read as safetensors, metadata included.
+    model = create_model("mobilenet_v2_035", num_classes=3)
+    for pad in range(256):
+        path = tmp_path / "w.safetensors"
+        save_weights(path, model, {"note": "x" * pad})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.skip("no padding gave a 0x80 first byte")
+    state, meta = load_weights(path)
+    assert meta["model"] == "mobilenet_v2_035" and meta["note"] == "x" * pad
+    assert len(state) == len(model.state_dict())
