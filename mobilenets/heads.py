@@ -260,3 +260,27 @@ def reference_madds(model: nn.Module, resolution: int, scales: tuple[float, ...]
             padded = -(-h // rate) * rate * (-(-w // rate) * rate)
             total += layer["madds"] * padded // (h * w)
     return total * (2 if flip else 1)
+
+
+# DeepLab's multi-scale inference scales (V2 Table 7, "MF").
+MF_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+@torch.no_grad()
+def segment_multi_scale(model: nn.Module, images: torch.Tensor, scales=MF_SCALES,
+                        flip: bool = True) -> torch.Tensor:
+    """Class probabilities (B, C, H, W) averaged over resized (side (n - 1)·s + 1, as the DeepLab
+    code resizes) and left-right flipped inputs, each brought back to the input size."""
+    h, w = images.shape[-2:]
+    total, passes = 0, 0
+    for s in scales:
+        x = images if s == 1 else F.interpolate(
+            images, size=(int((h - 1) * s + 1), int((w - 1) * s + 1)), mode="bilinear",
+            align_corners=True)
+        for flipped in ((False, True) if flip else (False,)):
+            y = model(x.flip(-1) if flipped else x)
+            y = y.flip(-1) if flipped else y
+            y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+            total = total + y.softmax(1)
+            passes += 1
+    return total / passes

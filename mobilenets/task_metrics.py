@@ -76,12 +76,14 @@ def iou_scores(confusion: torch.Tensor, classes: list[str] | None = None) -> dic
 
 
 @torch.no_grad()
-def segment_dataset(model, loader, num_classes: int) -> torch.Tensor:
-    """Confusion matrix of a segmentation model over a `VOCSegmentation` loader."""
+def segment_dataset(model, loader, num_classes: int, predict=None) -> torch.Tensor:
+    """Confusion matrix of a segmentation model over a `VOCSegmentation` loader; `predict`
+    (model, images) -> per-class scores replaces a plain forward (e.g. multi-scale inference)."""
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     for images, masks in loader:
-        confusion += confusion_matrix(model(images).argmax(1), masks, num_classes)
+        scores = predict(model, images) if predict else model(images)
+        confusion += confusion_matrix(scores.argmax(1), masks, num_classes)
     return confusion
 
 

@@ -7,6 +7,8 @@ loader)` a metrics dict whose `metric` entry picks the best checkpoint.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 
@@ -14,6 +16,7 @@ from .coco_voc import (IGNORE_INDEX, CocoDetection, VOCSegmentation, coco_files,
                        collate_segmentation, detection_transforms, segmentation_transforms)
 from .detection import DetectionLoss
 from .errors import MobileNetsError
+from .heads import segment_multi_scale
 from .task_metrics import coco_map, detect_dataset, iou_scores, segment_dataset
 
 TASKS = ("detection", "segmentation")
@@ -56,12 +59,14 @@ class DetectionTask:
 
 
 class SegmentationTask:
+    """`scales` other than (1.0,) or `flip` evaluate with multi-scale / flipped inference (V2
+    Table 7's "MF")."""
     name = "segmentation"
     metric = "mIoU"
 
     def __init__(self, data: str, resolution: int, mean, std, train_split: str = "train",
-                 val_split: str = "val"):
-        self.resolution = resolution
+                 val_split: str = "val", scales: tuple[float, ...] = (1.0,), flip: bool = False):
+        self.resolution, self.scales, self.flip = resolution, tuple(scales), flip
         self.train_set = VOCSegmentation(data, train_split, segmentation_transforms(resolution, True, mean, std))
         self.val_set = VOCSegmentation(data, val_split, segmentation_transforms(resolution, False, mean, std))
         self.classes = self.train_set.classes
@@ -74,13 +79,17 @@ class SegmentationTask:
         return loss, {}
 
     def evaluate(self, model, loader) -> dict:
-        scores = iou_scores(segment_dataset(model, loader, self.num_classes), self.classes)
+        predict = None
+        if self.scales != (1.0,) or self.flip:
+            predict = partial(segment_multi_scale, scales=self.scales, flip=self.flip)
+        scores = iou_scores(segment_dataset(model, loader, self.num_classes, predict), self.classes)
         return {**scores, "metric": scores[self.metric]}
 
 
-def build_task(name: str, data: str, resolution: int, mean, std):
+def build_task(name: str, data: str, resolution: int, mean, std, **options):
+    """options: SegmentationTask's `scales` and `flip`."""
     if name == "detection":
         return DetectionTask(data, resolution, mean, std)
     if name == "segmentation":
-        return SegmentationTask(data, resolution, mean, std)
+        return SegmentationTask(data, resolution, mean, std, **options)
     raise MobileNetsError(f"task={name!r} is not one of {', '.join(TASKS)}")

@@ -148,3 +148,18 @@ def test_postprocess_nms():
     # anchors 0 and 1 overlap (IoU 0.82) in class 1: the weaker one is suppressed
     assert out["labels"].tolist() == [2, 1]
     torch.testing.assert_close(out["boxes"], anchors[[2, 0]])
+
+
+def test_multi_scale_flip_inference():
+    from mobilenets.heads import segment_multi_scale
+    torch.manual_seed(0)
+    model = create_model("deeplabv3_mobilenet_v2", num_classes=3, width_mult=0.35).eval()
+    x = torch.randn(1, 3, 65, 65)
+    with torch.no_grad():
+        single = model(x).softmax(1)
+    torch.testing.assert_close(segment_multi_scale(model, x, scales=(1.0,), flip=False), single)
+    mf = segment_multi_scale(model, x, scales=(0.5, 1.0), flip=True)
+    assert mf.shape == (1, 3, 65, 65)
+    torch.testing.assert_close(mf.sum(1), torch.ones(1, 65, 65))
+    # averaging a flipped pass makes the result mirror-symmetric in what it sees
+    torch.testing.assert_close(segment_multi_scale(model, x.flip(-1), scales=(0.5, 1.0)), mf.flip(-1))

@@ -62,6 +62,20 @@ def test_segmentation_learns(scenes):
     assert metrics["per_class_IoU"]["background"] > 0.5
 
 
+def test_segmentation_multi_scale_evaluation(scenes):
+    torch.manual_seed(0)
+    model = create_model("lraspp_mobilenet_v3_large", num_classes=11, width_mult=0.35)
+    torch.nn.init.normal_(model.low_classifier.weight)   # predictions that vary over the image
+    cfg = model.pretrained_cfg
+    plain = build_task("segmentation", str(scenes / "voc"), 64, cfg["mean"], cfg["std"])
+    mf = build_task("segmentation", str(scenes / "voc"), 64, cfg["mean"], cfg["std"],
+                    scales=(0.75, 1.0), flip=True)
+    loader = DataLoader(plain.val_set, batch_size=4, collate_fn=plain.collate)
+    a, b = plain.evaluate(model, loader), mf.evaluate(model, loader)
+    assert 0 <= b["mIoU"] <= 1 and a["per_class_IoU"].keys() == b["per_class_IoU"].keys()
+    assert a["pixel_accuracy"] != b["pixel_accuracy"]      # a different prediction was scored
+
+
 def test_unknown_task(scenes):
     with pytest.raises(MobileNetsError, match="task='pose'"):
         build_task("pose", str(scenes), 64, (0,), (1,))
