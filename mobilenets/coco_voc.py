@@ -155,7 +155,8 @@ class VOCSegmentation(Dataset):
         self.transforms = transforms
         self.items, problems = [], {"missing files": [], "mask size differs from image": []}
         for name in listing.read_text().split():
-            image, mask = self.root / "JPEGImages" / f"{name}.jpg", self.root / "SegmentationClass" / f"{name}.png"
+            image = self.root / "JPEGImages" / f"{name}.jpg"
+            mask = self.root / "SegmentationClass" / f"{name}.png"
             if not (image.is_file() and mask.is_file()):
                 problems["missing files"].append(name)
                 continue

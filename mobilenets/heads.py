@@ -75,7 +75,8 @@ class SSDLite(nn.Module):
         self.split = next(i for i, s in enumerate(strides) if s == 32)
         split_block = self.blocks[self.split]
         if not isinstance(split_block.expand, ConvBNAct):
-            raise MobileNetsError(f"{backbone}: block {self.split} has no expansion layer to attach SSDLite to")
+            raise MobileNetsError(
+                f"{backbone}: block {self.split} has no expansion layer to attach SSDLite to")
         chans = [split_block.expand.out_channels, self.arch.last_conv_ch]
         extras = []
         for d in SSD_EXTRA_DEPTHS:

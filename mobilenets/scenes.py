@@ -46,8 +46,8 @@ def load_items(split: str, data_dir: str | None = None) -> tuple[np.ndarray, np.
     for d in dirs:
         found = []
         for name in SPLIT_FILES[split]:
-            p = next((Path(d) / (name + ext) for ext in (".gz", "") if (Path(d) / (name + ext)).is_file()), None)
-            found.append(p)
+            candidates = [Path(d) / (name + ext) for ext in (".gz", "")]
+            found.append(next((p for p in candidates if p.is_file()), None))
         if all(found):
             return _read_idx(found[0]), _read_idx(found[1])
     raise MobileNetsError(f"Fashion-MNIST {split} files not found in {', '.join(dirs)}; "

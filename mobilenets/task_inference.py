@@ -32,7 +32,8 @@ def save_task_weights(path, model, task: str, classes: list[str], resolution: in
 def load_task_model(path) -> tuple[torch.nn.Module, dict]:
     model, meta = load_model(path)
     if meta.get("task") not in ("detection", "segmentation"):
-        raise MobileNetsError(f"{path}: not a detection or segmentation weights file (no 'task' in its metadata)")
+        raise MobileNetsError(f"{path}: not a detection or segmentation weights file "
+                              "(no 'task' in its metadata)")
     return model.eval(), meta
 
 
