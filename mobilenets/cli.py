@@ -9,7 +9,8 @@ import sys
 from .errors import MobileNetsError
 
 # Modules that contribute verbs; each has add_commands(subparsers) whose parsers set `func`.
-COMMAND_MODULES = ("mobilenets.cli", "mobilenets.export", "mobilenets.quantize", "mobilenets.bench", "mobilenets.predict")
+COMMAND_MODULES = ("mobilenets.cli", "mobilenets.convert", "mobilenets.analysis", "mobilenets.scenes",
+                   "mobilenets.export", "mobilenets.quantize", "mobilenets.bench", "mobilenets.predict")
 
 
 class _Parser(argparse.ArgumentParser):

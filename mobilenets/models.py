@@ -152,7 +152,9 @@ def _get(name: str):
 
 
 def create_model(name: str, pretrained: str | None = None, **kwargs) -> nn.Module:
-    """Build a registered model. `pretrained` is a weights file (see `mobilenets.weights`)."""
+    """Build a registered model. `pretrained` is a weights file or an http(s) URL of one (see
+    `mobilenets.weights`); the options it was saved with (e.g. TF padding) fill in any the name
+    and `kwargs` leave open."""
     builder, defaults = _get(name)
     tune_allocator()
     params = inspect.signature(builder).parameters
@@ -161,10 +163,16 @@ def create_model(name: str, pretrained: str | None = None, **kwargs) -> nn.Modul
         if unknown:
             raise MobileNetsError(
                 f"{name} does not take {', '.join(unknown)}; it takes {', '.join(sorted(params))}")
-    options = {**defaults, **kwargs}
+    saved = {}
+    if pretrained:
+        from .weights import resolve_weights, saved_options
+        pretrained = resolve_weights(pretrained)
+        saved = {k: v for k, v in saved_options(pretrained, defaults.get("family")).items()
+                 if k not in defaults and k in params}
+    options = {**saved, **defaults, **kwargs}
     model = builder(**options)
     model.model_name = name
-    model.model_kwargs = {k: v for k, v in kwargs.items()}
+    model.model_kwargs = {**saved, **kwargs}
     if pretrained:
         from .weights import load_pretrained
         load_pretrained(model, pretrained)
@@ -177,7 +185,8 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
               minimalistic: bool = False, proj_act: str | None = "default",
               shortcut: str = "bottleneck", expand_ratio: float | None = None,
               padding: str = "symmetric", bn_eps: float | None = None,
-              bn_momentum: float = 0.1) -> MobileNet:
+              bn_momentum: float = 0.1, act: str | None = None,
+              fixed_stem: bool = False) -> MobileNet:
     """Build a MobileNet of `family` with the given options (see `specs.build_arch`).
 
     padding="same" and bn_eps=1e-3 reproduce TensorFlow-trained weights (Keras, timm `tf_`).
@@ -193,7 +202,8 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
         raise MobileNetsError("small_input and output_stride < 32 conflict: pick one way to keep resolution")
     arch = build_arch(family, width_mult, dropout=dropout, small_input=small_input,
                       output_stride=output_stride, minimalistic=minimalistic, proj_act=proj_act,
-                      shortcut=shortcut, expand_ratio=expand_ratio)
+                      shortcut=shortcut, expand_ratio=expand_ratio, act=act,
+                      fixed_stem=fixed_stem)
     if bn_eps is None:
         bn_eps = 1e-3 if padding == "same" else 1e-5
     model = MobileNet(arch, num_classes, in_chans, features_only, out_indices, padding, bn_eps,

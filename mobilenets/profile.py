@@ -12,7 +12,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from .layers import InvertedResidual, SqueezeExcite
+from .layers import ConvBNAct, InvertedResidual, SqueezeExcite
 
 FP16, FP32 = 2, 4
 # Modules that return their input or a view of it allocate nothing.
@@ -143,15 +143,18 @@ def profile(model, resolution: int = 224) -> dict:
     x = torch.empty(1, _input_channels(model), resolution, resolution, device="meta")
     state = {k: v.to("meta") for k, v in [*model.named_parameters(), *model.named_buffers()]}
     tracer = _Tracer(model)
-    # Training mode traces conv and batch norm as the separate ops that the papers count and
-    # that plain eager execution runs (eval mode folds BN into the conv on the fly).
-    was_training = model.training
-    model.train()
+    # Conv and batch norm are traced as the separate ops that the papers count and that plain
+    # eager execution runs, so on-the-fly BN folding is off. Eval mode, because training-mode
+    # batch norm refuses one image on a 1×1 map (SSD's last extra layers, ASPP's pooling branch).
+    was_training, fold = model.training, ConvBNAct.fold_bn_in_eval
+    model.eval()
+    ConvBNAct.fold_bn_in_eval = False
     try:
         with torch.no_grad():
             torch.func.functional_call(model, state, (x,))
     finally:
         tracer.close()
+        ConvBNAct.fold_bn_in_eval = fold
         model.train(was_training)
     arch = getattr(model, "arch", None)
     table3 = _table3(arch, tracer.layers)
