@@ -246,7 +246,8 @@ def run_bench(spec: str, batches=(1, 32), backends=("eager", "onnxruntime", "int
             for b in batches:
                 x = torch.randn(b, *shape)
                 # The first compiled calls compile, and inductor's worker processes keep the CPU
-                # busy a while after: calls right after compiling ran 10-20× slower here.
+                # busy a while after: calls right after compiling were 18× slower once here
+                # (load may explain it too), so they get a longer warm-up.
                 warmup = 2 if c.backend != "compiled" else 10
                 times = time_runs(c.make_call(x), repeats if b < 8 else max(5, repeats // 3),
                                   warmup, budget_s)
