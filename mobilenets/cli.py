@@ -9,7 +9,7 @@ import sys
 from .errors import MobileNetsError
 
 # Modules that contribute verbs; each has add_commands(subparsers) whose parsers set `func`.
-COMMAND_MODULES = ("mobilenets.cli",)
+COMMAND_MODULES = ("mobilenets.cli", "mobilenets.train", "mobilenets.evaluate", "mobilenets.predict")
 
 
 class _Parser(argparse.ArgumentParser):
