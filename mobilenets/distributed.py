@@ -58,27 +58,43 @@ def all_reduce_sum(t: torch.Tensor, ctx: Context) -> torch.Tensor:
     return t
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """all_reduce(SUM) whose gradient is also summed over ranks (each rank's input affects
+    every rank's output)."""
+
+    @staticmethod
+    def forward(ctx, t):
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class CPUSyncBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are the mean and variance over all ranks' images."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-        n_local = x.numel() // x.shape[1]
-        stats = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)),
-                           x.new_full((1,), float(n_local))])
-        stats = all_reduce(stats)
         c = x.shape[1]
-        n = stats[-1]
-        mean = stats[:c] / n
-        var = stats[c:2 * c] / n - mean * mean
+        count = x.new_full((1,), float(x.numel() // c))
+        total = _SumOverRanks.apply(torch.cat([x.sum((0, 2, 3)), count]))
+        n = total[-1]
+        mean = total[:c] / n
+        # Two passes (mean, then squared deviations) keep the variance as exact as BatchNorm2d's.
+        centered = x - mean[None, :, None, None]
+        var = _SumOverRanks.apply((centered * centered).sum((0, 2, 3))) / n
         with torch.no_grad():
             m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked + 1)
             self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
             self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1), alpha=m)
             self.num_batches_tracked.add_(1)
-        y = (x - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + self.eps)
+        y = centered * torch.rsqrt(var[None, :, None, None] + self.eps)
         return y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
 
 
