@@ -315,6 +315,11 @@ def check_image(path: Path, full: bool) -> str | None:
     return None
 
 
+def plain_warnings() -> None:
+    """Show warnings as one `warning: ...` line each (for the CLI), without source lines."""
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
+
+
 def _skip_warning(path, reason: str) -> None:
     warnings.warn(f"skipping {path}: {reason}", stacklevel=3)
 

@@ -89,8 +89,9 @@ def add_commands(sub) -> None:
 
 
 def _cmd_eval(args) -> int:
-    from .data import open_dataset
+    from .data import open_dataset, plain_warnings
     from .runtime import tune_allocator
+    plain_warnings()
     from .weights import load_model
     tune_allocator()
     if args.batch_size < 1:

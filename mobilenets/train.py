@@ -181,6 +181,19 @@ def lr_factor(cfg: dict, steps_per_epoch: int):
     return factor
 
 
+def ema_update(decay: float):
+    """EMA whose decay ramps up as (1 + n) / (10 + n) until it reaches `decay`: with a fixed
+    0.9998 a short run would evaluate and save weights that are still mostly the random init."""
+    @torch.no_grad()
+    def update(averaged: list, current: list, num_averaged) -> None:
+        if not torch.is_floating_point(averaged[0]):  # counters such as num_batches_tracked
+            torch._foreach_copy_(averaged, current)
+            return
+        n = float(num_averaged)
+        torch._foreach_lerp_(averaged, current, 1 - min(decay, (1 + n) / (10 + n)))
+    return update
+
+
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion, optimizer,
                scaler=None, amp_dtype=None, clip_grad: float = 0.0):
     """One optimisation step (forward, backward, optimizer); returns (logits, loss). The
@@ -365,8 +378,8 @@ def _run(cfg, out, ckpt, ctx, progress, create_model, profile) -> dict:
     raw = model
     ema = None
     if cfg["ema_decay"] > 0:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-        ema = AveragedModel(raw, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema_decay"]), use_buffers=True)
+        from torch.optim.swa_utils import AveragedModel
+        ema = AveragedModel(raw, multi_avg_fn=ema_update(cfg["ema_decay"]), use_buffers=True)
     if ctx.distributed:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None)
@@ -592,6 +605,8 @@ def add_commands(sub) -> None:
 
 
 def _cmd_train(args) -> int:
+    from .data import plain_warnings
+    plain_warnings()
     if not args.out and not args.resume:
         raise MobileNetsError("train needs --out DIR (or --resume DIR)")
     explicit = {key: getattr(args, attr) for key, attr in NAMED_FLAGS.items()
