@@ -615,6 +615,10 @@ def _cmd_train(args) -> int:
         cfg = {**DEFAULTS, **explicit, "recipe": "resumed"}
     else:
         cfg = resolve_config(args, explicit)
+    if "model" in explicit and "width_mult" not in explicit and not args.resume:
+        from .models import model_defaults
+        if "width_mult" in model_defaults(explicit["model"]):
+            cfg["width_mult"] = None  # mobilenet_v2_100 means α = 1.0, whatever the recipe says
     cfg["_explicit"] = list(explicit)
     try:
         report = train(cfg, args.out or args.resume if not (args.resume and Path(args.resume).is_file())
