@@ -450,6 +450,7 @@ def _run(cfg, out, ckpt, ctx, progress, create_model, profile) -> dict:
     t_start = time.perf_counter()
     steps_this_session = 0
     last_val = None
+    bar = None
     from tqdm import tqdm
     try:
         while epoch < cfg["epochs"]:
@@ -530,6 +531,8 @@ def _run(cfg, out, ckpt, ctx, progress, create_model, profile) -> dict:
                           f"top5 {val['top5']:.4f}  {record['img_per_s']:.0f} img/s  {epoch_seconds:.0f} s",
                           file=sys.stderr, flush=True)
     except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
         checkpoint(epoch, step_in_epoch)
         if ctx.main:
             print(f"interrupted at epoch {epoch + 1} step {step_in_epoch}; checkpoint written to "
