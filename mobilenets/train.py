@@ -429,7 +429,7 @@ def _run(cfg, out, ckpt, ctx, progress, create_model, profile) -> dict:
     tb = _tensorboard(out) if ctx.main else None
 
     def state(epoch_now: int, step_now: int) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "model": cfg["model"], "model_kwargs": raw_kwargs(),
+        return {"format": CHECKPOINT_FORMAT, "model": cfg["model"], "model_kwargs": dict(kwargs),
                 "config": cfg, "classes": ds.classes, "preprocessing": preprocessing,
                 "epoch": epoch_now, "step_in_epoch": step_now, "global_step": global_step,
                 "state_dict": _plain_state(raw), "optimizer": optimizer.state_dict(),
@@ -438,9 +438,6 @@ def _run(cfg, out, ckpt, ctx, progress, create_model, profile) -> dict:
                 "rng": _rng_state(dev), "best_top1": best, "best_epoch": best_epoch,
                 "train_seconds": train_seconds + (time.perf_counter() - t_start),
                 "partial": dict(partial), "skipped": ds.skipped}
-
-    def raw_kwargs() -> dict:
-        return dict(kwargs)
 
     def checkpoint(epoch_now: int, step_now: int) -> None:
         if ctx.main:
@@ -473,7 +470,7 @@ def _run(cfg, out, ckpt, ctx, progress, create_model, profile) -> dict:
                 distributed.all_reduce_sum(stats, ctx)
                 step_loss = stats[0].item() / stats[2].item()
                 if not math.isfinite(step_loss):
-                    kept = (f"{out / 'last.pt'} (epoch {ckpt_epoch_note(out)})" if (out / "last.pt").exists()
+                    kept = (f"{out / 'last.pt'} (epoch {_checkpoint_epoch(out)})" if (out / "last.pt").exists()
                             else "none (no epoch finished)")
                     raise TrainingStopped(f"loss became {step_loss} at epoch {epoch + 1} step {step_in_epoch + 1}; "
                                           f"training stopped; last good checkpoint: {kept}; lower --lr "
@@ -555,7 +552,7 @@ def _run(cfg, out, ckpt, ctx, progress, create_model, profile) -> dict:
     return report
 
 
-def ckpt_epoch_note(out: Path) -> str:
+def _checkpoint_epoch(out: Path) -> str:
     try:
         return str(torch.load(out / "last.pt", map_location="cpu", weights_only=True)["epoch"])
     except Exception:  # only used to word a message
