@@ -9,7 +9,8 @@ import sys
 from .errors import MobileNetsError
 
 # Modules that contribute verbs; each has add_commands(subparsers) whose parsers set `func`.
-COMMAND_MODULES = ("mobilenets.cli", "mobilenets.train", "mobilenets.evaluate", "mobilenets.predict")
+COMMAND_MODULES = ("mobilenets.cli", "mobilenets.convert", "mobilenets.analysis", "mobilenets.scenes",
+                   "mobilenets.train", "mobilenets.evaluate", "mobilenets.predict")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,25 +58,28 @@ def _fmt_int(n: int) -> str:
 
 
 def _cmd_models(args) -> int:
-    from .models import list_models, model_defaults
+    from .models import create_model, list_models
     from .profile import profile
     rows = []
     for name in list_models(args.pattern):
-        if "family" not in model_defaults(name):
-            continue  # task models (detection, segmentation) are profiled with `profile`
-        r = profile(name, 224)
-        rows.append(dict(model=name, params=r["params"], params_without_bn=r["params_without_bn"],
-                         madds=r["madds"], memory_table3_bytes_fp16=r["memory_table3_bytes_fp16"],
+        model = create_model(name)
+        resolution = getattr(model, "pretrained_cfg", {}).get("resolution", 224)
+        r = profile(model, resolution)
+        rows.append(dict(model=name, resolution=resolution, params=r["params"],
+                         params_without_bn=r["params_without_bn"], madds=r["madds"],
+                         memory_table3_bytes_fp16=r["memory_table3_bytes_fp16"],
                          peak_memory_bytes_fp32=r["peak_memory_bytes_fp32"]))
     if args.json:
         print(json.dumps(rows))
         return 0
-    print(f"{'model':32s} {'params':>11s} {'no-BN':>11s} {'MAdds':>13s} {'T3 mem':>9s} {'eager fp32':>11s}")
+    print(f"{'model':32s} {'input':>5s} {'params':>11s} {'no-BN':>11s} {'MAdds':>13s} {'T3 mem':>9s} "
+          f"{'eager fp32':>11s}")
     for r in rows:
-        print(f"{r['model']:32s} {_fmt_int(r['params']):>11s} {_fmt_int(r['params_without_bn']):>11s} "
+        print(f"{r['model']:32s} {r['resolution']:>5d} {_fmt_int(r['params']):>11s} "
+              f"{_fmt_int(r['params_without_bn']):>11s} "
               f"{_fmt_int(r['madds']):>13s} {r['memory_table3_bytes_fp16'] / 1000:>8.0f}K "
               f"{r['peak_memory_bytes_fp32'] / 2**20:>9.1f}MiB")
-    print("params: all trainable; no-BN: the papers' convention; MAdds at 224 px; T3 mem: V2 "
+    print("params: all trainable; no-BN: the papers' convention; MAdds at the model's input size; T3 mem: V2 "
           "Table 3 memory (fp16, K = 1000 B); eager fp32: peak activations of one image")
     return 0
 

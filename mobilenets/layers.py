@@ -77,9 +77,30 @@ class ConvBNAct(nn.Sequential):
         super().__init__(*layers)
         self.out_channels = out_ch
 
+    # In eval mode batch norm is an affine map per channel, so it can ride on the conv's weights
+    # instead of making one more pass over the activations: about a third of eager inference
+    # time on CPU. Outputs differ from the unfused ones by float rounding only (~1e-7 relative).
+    # Set False to run conv and BN as separate modules (e.g. to put hooks on them in eval).
+    fold_bn_in_eval = True
+
     @property
     def conv(self) -> nn.Conv2d:
         return next(m for m in self if isinstance(m, nn.Conv2d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, bn, act = self[-3], self[-2], self[-1]
+        if (self.training or not self.fold_bn_in_eval or type(conv) is not nn.Conv2d
+                or type(bn) is not nn.BatchNorm2d or bn.running_var is None):
+            return super().forward(x)
+        if len(self) == 4:
+            x = self[0](x)
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        bias = bn.bias - bn.running_mean * scale
+        if conv.bias is not None:
+            bias = bias + conv.bias * scale
+        x = F.conv2d(x, conv.weight * scale.reshape(-1, 1, 1, 1), bias, conv.stride, conv.padding,
+                     conv.dilation, conv.groups)
+        return act(x)
 
 
 class SqueezeExcite(nn.Module):

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .errors import MobileNetsError
+from .runtime import tune_allocator
 from .layers import ConvBNAct, InvertedResidual, make_activation
 from .specs import Arch, build_arch
 
@@ -151,18 +152,27 @@ def _get(name: str):
 
 
 def create_model(name: str, pretrained: str | None = None, **kwargs) -> nn.Module:
-    """Build a registered model. `pretrained` is a weights file (see `mobilenets.weights`)."""
+    """Build a registered model. `pretrained` is a weights file or an http(s) URL of one (see
+    `mobilenets.weights`); the options it was saved with (e.g. TF padding) fill in any the name
+    and `kwargs` leave open."""
     builder, defaults = _get(name)
+    tune_allocator()
     params = inspect.signature(builder).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(kwargs) - set(params))
         if unknown:
             raise MobileNetsError(
                 f"{name} does not take {', '.join(unknown)}; it takes {', '.join(sorted(params))}")
-    options = {**defaults, **kwargs}
+    saved = {}
+    if pretrained:
+        from .weights import resolve_weights, saved_options
+        pretrained = resolve_weights(pretrained)
+        saved = {k: v for k, v in saved_options(pretrained, defaults.get("family")).items()
+                 if k not in defaults and k in params}
+    options = {**saved, **defaults, **kwargs}
     model = builder(**options)
     model.model_name = name
-    model.model_kwargs = {k: v for k, v in kwargs.items()}
+    model.model_kwargs = {**saved, **kwargs}
     if pretrained:
         from .weights import load_pretrained
         load_pretrained(model, pretrained)
@@ -175,7 +185,8 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
               minimalistic: bool = False, proj_act: str | None = "default",
               shortcut: str = "bottleneck", expand_ratio: float | None = None,
               padding: str = "symmetric", bn_eps: float | None = None,
-              bn_momentum: float = 0.1) -> MobileNet:
+              bn_momentum: float = 0.1, act: str | None = None,
+              fixed_stem: bool = False) -> MobileNet:
     """Build a MobileNet of `family` with the given options (see `specs.build_arch`).
 
     padding="same" and bn_eps=1e-3 reproduce TensorFlow-trained weights (Keras, timm `tf_`).
@@ -191,7 +202,8 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
         raise MobileNetsError("small_input and output_stride < 32 conflict: pick one way to keep resolution")
     arch = build_arch(family, width_mult, dropout=dropout, small_input=small_input,
                       output_stride=output_stride, minimalistic=minimalistic, proj_act=proj_act,
-                      shortcut=shortcut, expand_ratio=expand_ratio)
+                      shortcut=shortcut, expand_ratio=expand_ratio, act=act,
+                      fixed_stem=fixed_stem)
     if bn_eps is None:
         bn_eps = 1e-3 if padding == "same" else 1e-5
     model = MobileNet(arch, num_classes, in_chans, features_only, out_indices, padding, bn_eps,
@@ -203,7 +215,7 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
 
 def check_resolution(model: nn.Module, resolution) -> int:
     """The smallest input is the network's total stride; anything below collapses to nothing."""
-    stride = getattr(getattr(model, "arch", None), "total_stride", 32)
+    stride = getattr(getattr(model, "arch", None), "total_stride", 1)
     if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < stride:
         raise MobileNetsError(
             f"resolution={resolution!r} is too small for a network of total stride {stride}; "

@@ -12,7 +12,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from .layers import InvertedResidual, SqueezeExcite
+from .layers import ConvBNAct, InvertedResidual, SqueezeExcite
 
 FP16, FP32 = 2, 4
 # Modules that return their input or a view of it allocate nothing.
@@ -113,16 +113,11 @@ def _table3(arch, layers: list[dict]) -> list[dict]:
     if arch is None or not arch.split_expansions:
         shapes = [layer["output_shape"] for layer in layers]
     else:
-        n_blocks = len(arch.blocks)
-        shapes = []
-        for layer in layers:
-            name = layer["name"]
-            if name.startswith("blocks.") and name.endswith("project.0"):
-                shapes.append(layer["output_shape"])
-            elif not name.startswith(("stem", "blocks.", "last_conv")):
-                shapes.append(layer["output_shape"])
-        if n_blocks and layers and arch.last_conv_ch:
-            shapes.append([arch.last_conv_ch, 1, 1])   # the pooled vector
+        shapes = [layer["output_shape"] for layer in layers
+                  if layer["name"].endswith("project.0")
+                  or not layer["name"].startswith(("stem", "blocks.", "last_conv"))]
+    if arch is not None and layers:
+        shapes.append([arch.last_conv_ch or arch.blocks[-1].out_ch, 1, 1])   # the pooled vector
     per_size: dict[tuple, int] = defaultdict(int)
     for shape in shapes:
         c, h, w = (shape + [1, 1])[:3]
@@ -148,13 +143,18 @@ def profile(model, resolution: int = 224) -> dict:
     x = torch.empty(1, _input_channels(model), resolution, resolution, device="meta")
     state = {k: v.to("meta") for k, v in [*model.named_parameters(), *model.named_buffers()]}
     tracer = _Tracer(model)
-    was_training = model.training
+    # Conv and batch norm are traced as the separate ops that the papers count and that plain
+    # eager execution runs, so on-the-fly BN folding is off. Eval mode, because training-mode
+    # batch norm refuses one image on a 1×1 map (SSD's last extra layers, ASPP's pooling branch).
+    was_training, fold = model.training, ConvBNAct.fold_bn_in_eval
     model.eval()
+    ConvBNAct.fold_bn_in_eval = False
     try:
         with torch.no_grad():
             torch.func.functional_call(model, state, (x,))
     finally:
         tracer.close()
+        ConvBNAct.fold_bn_in_eval = fold
         model.train(was_training)
     arch = getattr(model, "arch", None)
     table3 = _table3(arch, tracer.layers)

@@ -79,6 +79,7 @@ V3_SMALL_HEAD = 1024
 V3_LAST_CONV_RATIO = 6
 
 V3_ACT = {"RE": "relu", "HS": "hswish"}
+V1_V2_ACTS = ("relu", "relu6")
 
 
 @dataclass(frozen=True)
@@ -194,12 +195,17 @@ def _feature_levels(stem_stride: int, blocks) -> tuple[int, ...]:
 def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = None,
                small_input: bool = False, output_stride: int = 32, minimalistic: bool = False,
                proj_act: str | None = "default", shortcut: str = "bottleneck",
-               expand_ratio: float | None = None) -> Arch:
+               expand_ratio: float | None = None, act: str | None = None,
+               fixed_stem: bool = False) -> Arch:
     """Resolve a family's table and options into an `Arch`.
 
     proj_act: activation after the 1×1 projection; "default" is the paper's choice
     (linear for V2/V3, ReLU for V1), or None / "relu6" / "relu" for the V2 Fig. 6a ablation.
     expand_ratio: replaces the expansion t of every block that expands (V2 ablation).
+    act: the one nonlinearity of V1/V2 (None = the paper's: ReLU for V1, ReLU6 for V2). The
+    TensorFlow V1 reference (slim, Keras) and timm use ReLU6, so their weights need act="relu6".
+    fixed_stem: keep the stem at the table's width whatever the multiplier, as Keras' V3 always
+    does and timm's V3 below α 0.75 (mobilenetv3_small_050).
     """
     if family not in FAMILIES:
         raise MobileNetsError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
@@ -214,29 +220,36 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
         raise MobileNetsError(f"minimalistic=True applies to MobileNetV3 only, not {family}")
     if proj_act not in ("default", None, "relu", "relu6", "hswish"):
         raise MobileNetsError(f"proj_act={proj_act!r} is not one of None, 'relu', 'relu6', 'hswish'")
+    if act is not None and family.startswith("mobilenet_v3"):
+        raise MobileNetsError(f"act={act!r} applies to MobileNetV1/V2; V3 mixes ReLU and h-swish "
+                              "(minimalistic=True makes it ReLU only)")
+    if act is not None and act not in V1_V2_ACTS:
+        raise MobileNetsError(f"act={act!r} is not one of {', '.join(map(repr, V1_V2_ACTS))}")
     if dropout is not None and not 0 <= dropout < 1:
         raise MobileNetsError(f"dropout={dropout!r} is out of range; allowed: 0 <= dropout < 1")
 
     if family == "mobilenet_v1":
         if expand_ratio is not None:
             raise MobileNetsError("expand_ratio applies to MobileNetV2/V3 blocks; V1 has no expansion")
-        stem = max(int(V1_STEM * w), 8)
-        blocks = _v1_blocks(w, "relu", "relu" if proj_act == "default" else proj_act,
+        act = act or "relu"
+        stem = V1_STEM if fixed_stem else max(int(V1_STEM * w), 8)
+        blocks = _v1_blocks(w, act, act if proj_act == "default" else proj_act,
                             "none" if shortcut == "bottleneck" else shortcut, stem)
-        arch = dict(stem_ch=stem, stem_act="relu", last_conv_ch=None, last_conv_act=None,
+        arch = dict(stem_ch=stem, stem_act=act, last_conv_ch=None, last_conv_act=None,
                     head_ch=None, head_act=None, split_expansions=False)
     elif family == "mobilenet_v2":
-        stem = make_divisible(V2_STEM * w)
-        blocks = _v2_blocks(w, "relu6", None if proj_act == "default" else proj_act, shortcut,
+        act = act or "relu6"
+        stem = V2_STEM if fixed_stem else make_divisible(V2_STEM * w)
+        blocks = _v2_blocks(w, act, None if proj_act == "default" else proj_act, shortcut,
                             stem, expand_ratio)
-        arch = dict(stem_ch=stem, stem_act="relu6", last_conv_act="relu6",
+        arch = dict(stem_ch=stem, stem_act=act, last_conv_act=act,
                     last_conv_ch=make_divisible(V2_HEAD * max(1.0, w)),
                     head_ch=None, head_act=None, split_expansions=True)
     else:
         large = family == "mobilenet_v3_large"
         table, head = (V3_LARGE_BLOCKS, V3_LARGE_HEAD) if large else (V3_SMALL_BLOCKS, V3_SMALL_HEAD)
         stem_table = V3_LARGE_STEM if large else V3_SMALL_STEM
-        stem = make_divisible(stem_table * w)
+        stem = stem_table if fixed_stem else make_divisible(stem_table * w)
         blocks = _v3_blocks(table, w, minimalistic, None if proj_act == "default" else proj_act,
                             shortcut, stem, stem_table, expand_ratio)
         act = "relu" if minimalistic else "hswish"

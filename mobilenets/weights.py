@@ -7,21 +7,33 @@ The safetensors header's `__metadata__` (string to string) holds JSON values und
   classes    list of class names (index order)
   preprocessing  {"resolution", "resize", "mean", "std", "in_chans", "interpolation"}
 Any further keys (e.g. "source", "top1") are kept as given.
+
+Training checkpoints (.pth/.pt) are read too, but only through `torch.load(weights_only=True)`:
+tensors and plain containers, never arbitrary pickled objects. Weights named by an http(s) URL
+are downloaded once into a cache directory, the way torch.hub does.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import pickle
+import re
+import urllib.error
+import urllib.parse
+from importlib import resources
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import MobileNetsError
 from .io import atomic_path
 
 FORMAT = "mobilenets/1"
+# Where a training checkpoint keeps its state dict, if not at the top level.
+CHECKPOINT_STATE_KEYS = ("state_dict", "model", "model_state", "state_dict_ema")
 
 
 def save_weights(path: str | os.PathLike, model: torch.nn.Module, metadata: dict | None = None) -> None:
@@ -35,17 +47,24 @@ def save_weights(path: str | os.PathLike, model: torch.nn.Module, metadata: dict
 
 
 def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state dict, metadata) of a mobilenets safetensors file; one-line error if it is not one."""
+    """(state dict, metadata) of a safetensors file or a torch checkpoint; one-line error if the
+    file is neither, is cut short, or is a pickle that needs more than tensors to load."""
     path = Path(path)
     if not path.is_file():
         raise MobileNetsError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header. That length's
+    # first byte can be 0x80 too, so the '{' at byte 8 decides before the pickle/zip sniffing.
+    if head[8:9] != b"{" and (head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"):
+        return read_torch_checkpoint(path)
     try:
         state = load_file(str(path))
-        from safetensors import safe_open
         with safe_open(str(path), "pt") as f:
             raw = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise MobileNetsError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+        raise MobileNetsError(f"{path}: not a safetensors file nor a torch checkpoint "
+                              f"({str(e).splitlines()[0]})") from None
     meta = {}
     for k, v in raw.items():
         try:
@@ -53,6 +72,93 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         except json.JSONDecodeError:
             meta[k] = v
     return state, meta
+
+
+def read_torch_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state dict, metadata) of a .pth/.pt file, loaded with `weights_only=True`.
+
+    The state dict is the top level or one of CHECKPOINT_STATE_KEYS; metadata is the
+    checkpoint's "metadata" entry if it has one.
+    """
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f"it would import {found.group(1)}" if found else str(e).splitlines()[0]
+        raise MobileNetsError(f"{path}: refused to unpickle: {what}; only tensors and plain "
+                              "containers are loaded (torch.load weights_only=True)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise MobileNetsError(f"{path}: not a readable torch checkpoint, truncated or corrupt "
+                              f"({str(e).splitlines()[0][:120]})") from None
+    meta = obj.get("metadata", {}) if isinstance(obj, dict) else {}
+    if isinstance(obj, dict) and not _is_state(obj):
+        obj = next((obj[k] for k in CHECKPOINT_STATE_KEYS if _is_state(obj.get(k))), None)
+    if not _is_state(obj):
+        raise MobileNetsError(f"{path}: no state dict in this checkpoint; expected tensors at the "
+                              f"top level or under one of {', '.join(CHECKPOINT_STATE_KEYS)}")
+    return dict(obj), meta if isinstance(meta, dict) else {}
+
+
+def _is_state(obj) -> bool:
+    return (isinstance(obj, dict) and bool(obj)
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()))
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet-1k class names in the index order every source here uses
+    (generated from torchvision's bundled category list)."""
+    text = resources.files("mobilenets").joinpath("data/imagenet_classes.txt").read_text()
+    return text.splitlines()
+
+
+def cache_dir() -> Path:
+    """Downloaded weights go to $MOBILENETS_CACHE, else to torch.hub's directory."""
+    env = os.environ.get("MOBILENETS_CACHE")
+    return Path(env) if env else Path(torch.hub.get_dir()) / "mobilenets"
+
+
+def resolve_weights(ref: str | os.PathLike) -> Path:
+    """A local path for `ref`: the path itself, or the cached download of an http(s) URL."""
+    text = str(ref)
+    if not text.startswith(("http://", "https://")):
+        return Path(ref)
+    name = Path(urllib.parse.urlparse(text).path).name
+    if not name:
+        raise MobileNetsError(f"{text}: the URL names no file; expected e.g. https://host/v2.safetensors")
+    dest = cache_dir() / name
+    if dest.is_file():
+        return dest
+    with atomic_path(dest) as tmp:
+        try:
+            torch.hub.download_url_to_file(text, str(tmp), progress=False)
+        except urllib.error.HTTPError as e:
+            raise MobileNetsError(f"{text}: cannot download (HTTP {e.code} {e.reason})") from None
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            reason = getattr(e, "reason", None) or e
+            raise MobileNetsError(f"{text}: cannot download ({str(reason).splitlines()[0]})") from None
+        load_weights(tmp)  # a page that is not weights never enters the cache
+    return dest
+
+
+def saved_options(path: str | os.PathLike, family: str | None) -> dict:
+    """The model options a weights file was saved with, if it holds a model of `family`.
+
+    Options such as padding="same", bn_eps or act change no tensor shape, so a file converted
+    from TensorFlow would load into a default-built model and silently compute something else;
+    create_model(name, pretrained=...) therefore builds with them.
+    """
+    from .models import model_defaults
+    try:
+        with safe_open(str(path), "pt") as f:
+            raw = f.metadata() or {}
+        saved = json.loads(raw.get("model", "null"))
+        kwargs = json.loads(raw.get("model_kwargs", "{}"))
+        defaults = model_defaults(saved)
+    except (SafetensorError, OSError, ValueError, TypeError, MobileNetsError):
+        return {}  # not our format (or an unknown model): loading reports what is wrong
+    if family is None or defaults.pop("family", None) != family or not isinstance(kwargs, dict):
+        return {}
+    return {**defaults, **kwargs}
 
 
 def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -72,6 +178,7 @@ def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], sour
 
 
 def load_pretrained(model: torch.nn.Module, path: str | os.PathLike) -> dict:
+    path = resolve_weights(path)
     state, meta = load_weights(path)
     load_state_into(model, state, str(path))
     if "preprocessing" in meta:
@@ -84,6 +191,7 @@ def load_pretrained(model: torch.nn.Module, path: str | os.PathLike) -> dict:
 def load_model(path: str | os.PathLike, **overrides) -> tuple[torch.nn.Module, dict]:
     """Rebuild the model a weights file describes and load it: (model, metadata)."""
     from .models import create_model
+    path = resolve_weights(path)
     state, meta = load_weights(path)
     if "model" not in meta:
         raise MobileNetsError(f"{path}: has no 'model' in its metadata; pass the model name to "

@@ -1,0 +1,404 @@
+"""The MobileNetV2 / V3 ablations retrained on Fashion-MNIST, several seeds each.
+
+- projection: linear vs ReLU6 after the 1×1 projection (V2 Fig. 6a);
+- shortcut: between bottlenecks vs between expansions vs none (V2 Fig. 6b);
+- expansion: t ∈ {1, 2, 4, 6} (V2 §3.3–4 uses 6);
+- family: V1 vs V2 vs V3-Small at matched multiply-adds (V2 Table 4, V3 Table 3).
+
+Every arm is a registered model variant trained by the trainer (`mobilenets.train.train`) on
+the `fashion-mnist` recipe with the same schedule; a variant shared by several ablations (the
+published V2 is the linear, bottleneck-shortcut, t = 6 arm) is trained once per seed. Each
+finished run is appended to `results.jsonl` in the output directory, so an interrupted ablation
+continues where it stopped. The summary (mean ± std of test top-1), a bar chart and the verdict
+on each of the papers' orderings go to docs/ablations.md.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import MobileNetsError
+
+BASE = {"family": "mobilenet_v2", "width_mult": 0.5}  # the fashion-mnist recipe's model
+RESOLUTION = 28
+TASK_KWARGS = {"small_input": True, "in_chans": 1, "num_classes": 10}
+
+
+@dataclass(frozen=True)
+class Arm:
+    label: str
+    options: dict = field(default_factory=dict)   # create_model options beyond BASE
+    family: str = BASE["family"]
+
+
+@dataclass(frozen=True)
+class Ablation:
+    name: str
+    title: str
+    arms: tuple[Arm, ...]
+    claim: str
+    better: tuple[tuple[str, str], ...]   # (label that should win, label it should beat)
+
+
+ABLATIONS = (
+    Ablation("projection", "Bottleneck projection: linear vs ReLU6 (V2 Fig. 6a)",
+             (Arm("linear"), Arm("ReLU6", {"proj_act": "relu6"})),
+             "the linear bottleneck beats ReLU6", (("linear", "ReLU6"),)),
+    Ablation("shortcut", "Shortcut placement (V2 Fig. 6b)",
+             (Arm("bottleneck"), Arm("expansion", {"shortcut": "expansion"}),
+              Arm("none", {"shortcut": "none"})),
+             "a shortcut between bottlenecks beats one between expansions and none",
+             (("bottleneck", "expansion"), ("bottleneck", "none"))),
+    Ablation("expansion", "Expansion ratio t",
+             (Arm("t=1", {"expand_ratio": 1}), Arm("t=2", {"expand_ratio": 2}),
+              Arm("t=4", {"expand_ratio": 4}), Arm("t=6")),
+             "accuracy rises with t up to the paper's 6",
+             (("t=2", "t=1"), ("t=4", "t=2"), ("t=6", "t=4"))),
+    Ablation("family", "V1 vs V2 vs V3-Small at matched multiply-adds",
+             (Arm("V1", family="mobilenet_v1"), Arm("V2"), Arm("V3-Small", family="mobilenet_v3_small")),
+             "at equal cost V3-Small beats V2 and V2 beats V1", (("V3-Small", "V2"), ("V2", "V1"))),
+)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long each arm trains: epochs over (a subset of) the training set.
+
+    The default, one epoch of all 60,000 images for each of the 9 configurations × 3 seeds,
+    is 1.62 M training images: within 2 hours when the trainer reaches about 250 img/s.
+    """
+    epochs: int = 1
+    batch_size: int = 128
+    limit_train: int = 0    # 0 = all 60,000 images
+    limit_test: int = 0     # 0 = all 10,000 test images
+
+    def tag(self) -> str:
+        """A directory name per schedule, so runs of another schedule are never resumed."""
+        return (f"e{self.epochs}-b{self.batch_size}-train{self.limit_train or 'all'}"
+                f"-test{self.limit_test or 'all'}")
+
+    def check(self) -> "Schedule":
+        for key, low in (("epochs", 1), ("batch_size", 1), ("limit_train", 0), ("limit_test", 0)):
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise MobileNetsError(f"{key}={v!r} is out of range; allowed: integer >= {low}")
+        if self.limit_train and self.limit_train < self.batch_size:
+            raise MobileNetsError(f"limit_train={self.limit_train} is smaller than one batch "
+                                  f"({self.batch_size}); allowed: >= batch_size or 0 (all)")
+        return self
+
+
+@functools.lru_cache(maxsize=None)   # the width search asks for the same widths repeatedly
+def _madds(family: str, width: float) -> int:
+    from .models import create_model
+    from .profile import profile
+    return profile(create_model(family, width_mult=width, **TASK_KWARGS), RESOLUTION)["madds"]
+
+
+def match_width(family: str, target_madds: int, step: float = 0.01) -> float:
+    """The width (a multiple of `step`) whose MAdds at the ablation's input are closest to
+    `target_madds`; MAdds grow with width, so a bisection over the multiples finds it."""
+    lo, hi = 1, int(round(4.0 / step))
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _madds(family, mid * step) < target_madds:
+            lo = mid
+        else:
+            hi = mid
+    return min((round(k * step, 4) for k in (lo, hi)), key=lambda w: abs(_madds(family, w) - target_madds))
+
+
+def arm_configs(ablations=ABLATIONS) -> dict[str, dict]:
+    """Unique trained configurations: key → {"family", "width_mult", "options"}.
+
+    Arms of other families get the width that matches the base model's multiply-adds.
+    """
+    target = _madds(BASE["family"], BASE["width_mult"])
+    widths = {BASE["family"]: BASE["width_mult"]}
+    configs = {}
+    for ab in ablations:
+        for arm in ab.arms:
+            if arm.family not in widths:
+                widths[arm.family] = match_width(arm.family, target)
+            key = config_key(arm)
+            configs[key] = {"family": arm.family, "width_mult": widths[arm.family],
+                            "options": dict(arm.options)}
+    return configs
+
+
+def config_key(arm: Arm) -> str:
+    opts = "-".join(f"{k}={v}" for k, v in sorted(arm.options.items()))
+    return arm.family + (f"-{opts}" if opts else "")
+
+
+def _trainer():
+    try:
+        from . import train
+    except ImportError:
+        raise MobileNetsError("ablate needs the trainer (mobilenets/train.py, issue 3), which this "
+                              "installation lacks") from None
+    return train
+
+
+def train_arm(key: str, config: dict, seed: int, schedule: Schedule, run_dir: Path,
+              data_dir: str | None = None, progress: bool = False) -> dict:
+    """Train one configuration with one seed; returns its record for results.jsonl."""
+    from .models import mobilenet, register_model
+    train = _trainer()
+    # The trainer builds models by registered name, so each variant is registered for the run.
+    name = f"ablation:{key}"
+    register_model(name, mobilenet, family=config["family"], **config["options"])
+    cfg = {**train.DEFAULTS, **train.load_recipe("fashion-mnist"), "recipe": "fashion-mnist",
+           "model": name, "width_mult": config["width_mult"], "small_input": True, "in_chans": 1,
+           "resolution": RESOLUTION, "data": "fashion-mnist", "data_dir": data_dir, "seed": seed,
+           "epochs": schedule.epochs, "batch_size": schedule.batch_size,
+           "limit_train": schedule.limit_train, "limit_val": schedule.limit_test}
+    resume = str(run_dir) if (run_dir / "last.pt").exists() else None
+    report = train.train(cfg, run_dir, resume=resume, progress=progress)
+    if report.get("interrupted"):
+        raise KeyboardInterrupt
+    return {"key": key, "seed": seed, "schedule": schedule.__dict__, "top1": report["top1"],
+            "madds": report["madds"], "params": report["params"], "width_mult": config["width_mult"],
+            "train_seconds": report["train_seconds"]}
+
+
+def _read_results(path: Path, schedule: Schedule) -> dict[tuple[str, int], dict]:
+    done = {}
+    if not path.exists():
+        return done
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            key = (rec["key"], rec["seed"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise MobileNetsError(f"{path}:{n}: not a results record; move the file away to start over") from None
+        if rec.get("schedule") == schedule.__dict__:
+            done[key] = rec
+    return done
+
+
+def run_ablations(out: str | Path, seeds: int = 3, schedule: Schedule = Schedule(),
+                  only=None, data_dir: str | None = None, progress: bool = True,
+                  train_fn=train_arm) -> dict:
+    """Train every arm of the chosen ablations for seeds 0..seeds-1; returns the summary.
+
+    `train_fn(key, config, seed, schedule, run_dir, data_dir, progress) -> record` is the
+    trainer call (replaceable, e.g. to reuse results from elsewhere).
+    """
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise MobileNetsError(f"seeds={seeds!r} is out of range; allowed: integer >= 1")
+    schedule = schedule.check()
+    names = [a.name for a in ABLATIONS]
+    chosen = list(only) if only else names
+    unknown = [n for n in chosen if n not in names]
+    if unknown:
+        raise MobileNetsError(f"unknown ablation {unknown[0]!r}; known: {', '.join(names)}")
+    if not chosen:
+        raise MobileNetsError(f"no ablation chosen; known: {', '.join(names)}")
+    ablations = [a for a in ABLATIONS if a.name in chosen]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.jsonl"
+    done = _read_results(results_path, schedule)
+    configs = arm_configs(ablations)
+    todo = [(k, s) for s in range(seeds) for k in configs if (k, s) not in done]
+    started = time.perf_counter()
+    for i, (key, seed) in enumerate(todo, 1):
+        if progress:
+            eta = ""
+            if i > 1:
+                left = (time.perf_counter() - started) / (i - 1) * (len(todo) - i + 1)
+                eta = f", about {left / 60:.0f} min left"
+            print(f"[{i}/{len(todo)}] {key} (α={configs[key]['width_mult']:g}) seed {seed}{eta}",
+                  file=sys.stderr, flush=True)
+        rec = train_fn(key, configs[key], seed, schedule, out / "runs" / schedule.tag() / f"{key}-seed{seed}",
+                       data_dir, progress)
+        with open(results_path, "a") as f:   # one line per finished run: appends stay whole
+            f.write(json.dumps(rec) + "\n")
+        done[(key, seed)] = rec
+    return summarize(ablations, configs, done, seeds, schedule)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation; no deviation from a single run (None, valid JSON)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def summarize(ablations, configs, done, seeds: int, schedule: Schedule) -> dict:
+    """Mean ± std of test top-1 per arm and whether each paper ordering held.
+
+    An ordering "held" when every claimed winner has the higher mean; it is "clear" when, in
+    addition, each gap exceeds the larger of the two standard deviations.
+    """
+    out = {"seeds": seeds, "schedule": schedule.__dict__, "ablations": []}
+    for ab in ablations:
+        arms = []
+        for arm in ab.arms:
+            key = config_key(arm)
+            recs = [done[(key, s)] for s in range(seeds) if (key, s) in done]
+            mean, std = _mean_std([r["top1"] for r in recs])
+            arms.append({"label": arm.label, "key": key, "width_mult": configs[key]["width_mult"],
+                         "top1_mean": mean, "top1_std": std, "runs": len(recs),
+                         "madds": recs[0]["madds"], "params": recs[0]["params"],
+                         "top1": [r["top1"] for r in recs]})
+        by = {a["label"]: a for a in arms}
+        gaps = [(by[w]["top1_mean"] - by[l]["top1_mean"], by[w]["top1_std"], by[l]["top1_std"])
+                for w, l in ab.better]
+        held = all(g > 0 for g, _, _ in gaps)
+        clear = held and all(sw is not None and sl is not None and g > max(sw, sl)
+                             for g, sw, sl in gaps)
+        out["ablations"].append({"name": ab.name, "title": ab.title, "claim": ab.claim,
+                                 "better": [list(p) for p in ab.better], "arms": arms,
+                                 "held": held, "clear": clear})
+    return out
+
+
+def plot_ablations(summary: dict, path) -> None:
+    """One panel per ablation: mean test top-1 with ±1 std error bars."""
+    from .figures import pyplot, save_figure
+    plt = pyplot()
+    abls = summary["ablations"]
+    fig, axes = plt.subplots(1, len(abls), figsize=(3.2 * len(abls), 3.4), squeeze=False)
+    for ax, ab in zip(axes[0], abls):
+        labels = [a["label"] for a in ab["arms"]]
+        means = [100 * a["top1_mean"] for a in ab["arms"]]
+        stds = [100 * (a["top1_std"] or 0.0) for a in ab["arms"]]
+        ax.bar(labels, means, yerr=stds, capsize=4, color="tab:blue", alpha=0.8)
+        low = min(m - s for m, s in zip(means, stds))
+        high = max(m + s for m, s in zip(means, stds))
+        pad = max(0.5, 0.15 * (high - low))
+        ax.set_ylim(low - pad, high + pad)   # the differences are what matters, not the zero
+        ax.set_title(ab["title"], fontsize=8)
+        ax.set_ylabel("test top-1 (%)")
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle(f"Fashion-MNIST, mean ± std over {summary['seeds']} seed(s)", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def _pct(mean: float, std: float | None) -> str:
+    return f"{100 * mean:.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
+
+
+def render_markdown(summary: dict, command: str, chart_name: str) -> str:
+    s = summary["schedule"]
+    train_desc = f"{s['limit_train']:,} training images" if s["limit_train"] else "all 60,000 training images"
+    test_desc = f"{s['limit_test']:,} test images" if s["limit_test"] else "the 10,000 test images"
+    lines = [
+        "# Ablations on Fashion-MNIST",
+        "",
+        "The MobileNetV2/V3 papers' ablations retrained on Fashion-MNIST (28 px, grayscale) with "
+        f"the `fashion-mnist` recipe: MobileNetV2 α={BASE['width_mult']} with total stride 8, "
+        f"{s['epochs']} epoch(s) over {train_desc}, batch {s['batch_size']}, "
+        f"{summary['seeds']} seed(s) per arm; accuracy is top-1 on {test_desc} after the last "
+        "epoch (no checkpoint selection). Other families get the width that matches the V2 "
+        "model's multiply-adds.",
+        "",
+        "Reproduce with:",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        f"![test top-1 per ablation]({chart_name})",
+        "",
+        "| ablation | arm | α | MAdds | params | test top-1 (%) | runs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for ab in summary["ablations"]:
+        for a in ab["arms"]:
+            lines.append(f"| {ab['name']} | {a['label']} | {a['width_mult']:g} | {a['madds'] / 1e6:.1f}M | "
+                         f"{a['params'] / 1e6:.2f}M | {_pct(a['top1_mean'], a['top1_std'])} | {a['runs']} |")
+    lines += ["", "## Did the papers' orderings hold?", ""]
+    for ab in summary["ablations"]:
+        if ab["clear"]:
+            verdict = "held, by more than one standard deviation"
+        elif ab["held"] and summary["seeds"] == 1:
+            verdict = "held, but with one seed there is no spread to judge the gap by"
+        elif ab["held"]:
+            verdict = "held in the means, but within one standard deviation: not a clear result"
+        else:
+            by = {a["label"]: a for a in ab["arms"]}
+            broken = [f"{w} {_pct(by[w]['top1_mean'], None)}% ≤ {l} {_pct(by[l]['top1_mean'], None)}%"
+                      for w, l in ab["better"] if by[w]["top1_mean"] <= by[l]["top1_mean"]]
+            verdict = "did not hold: " + "; ".join(broken)
+        lines.append(f"- **{ab['title']}** — the paper: {ab['claim']}. Here: {verdict}.")
+    lines += ["", "The papers trained on ImageNet for hundreds of epochs; a short schedule on "
+              "28 px grayscale images can rank the variants differently, which is what this "
+              "page measures.", ""]
+    return "\n".join(lines)
+
+
+def write_report(summary: dict, docs: str | Path, command: str) -> tuple[Path, Path]:
+    """docs/ablations.md and its chart (same name, .png) beside it."""
+    from .io import atomic_write_text
+    docs = Path(docs)
+    chart = docs.with_suffix(".png")
+    plot_ablations(summary, chart)
+    atomic_write_text(docs, render_markdown(summary, command, chart.name))
+    return docs, chart
+
+
+def add_ablate_command(sub) -> None:
+    p = sub.add_parser("ablate", help="the V2/V3 ablations retrained on Fashion-MNIST")
+    p.add_argument("--data", default="fashion-mnist", choices=["fashion-mnist"],
+                   help="the data set (Fashion-MNIST, the project's CPU benchmark)")
+    p.add_argument("--data-dir", default=None, help="where the Fashion-MNIST idx files are")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per arm (0, 1, ...)")
+    p.add_argument("--out", default="ablations", help="run directories and results.jsonl")
+    p.add_argument("--docs", default="docs/ablations.md", help="the markdown report (+ .png chart)")
+    p.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                   help=f"some of: {', '.join(a.name for a in ABLATIONS)}")
+    p.add_argument("--epochs", type=int, default=Schedule.epochs)
+    p.add_argument("--batch-size", type=int, default=Schedule.batch_size)
+    p.add_argument("--limit-train", type=int, default=0, help="train on this many images (0: all)")
+    p.add_argument("--limit-test", type=int, default=0, help="test on this many images (0: all)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=_cmd_ablate)
+
+
+def reproduce_command(args) -> str:
+    parts = ["mobilenets", "ablate", "--data", args.data, "--seeds", str(args.seeds),
+             "--out", args.out, "--docs", args.docs, "--epochs", str(args.epochs),
+             "--batch-size", str(args.batch_size)]
+    if args.limit_train:
+        parts += ["--limit-train", str(args.limit_train)]
+    if args.limit_test:
+        parts += ["--limit-test", str(args.limit_test)]
+    if args.only:
+        parts += ["--only", *args.only]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _cmd_ablate(args) -> int:
+    from .figures import check_figure_path
+    check_figure_path(Path(args.docs).with_suffix(".png"))
+    schedule = Schedule(args.epochs, args.batch_size, args.limit_train, args.limit_test)
+    try:
+        summary = run_ablations(args.out, args.seeds, schedule, args.only, args.data_dir,
+                                progress=not args.json)
+    except KeyboardInterrupt:
+        print(f"interrupted; finished runs are kept in {Path(args.out) / 'results.jsonl'}, rerun the "
+              "same command to continue", file=sys.stderr)
+        return 130
+    docs, chart = write_report(summary, args.docs, reproduce_command(args))
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    for ab in summary["ablations"]:
+        print(ab["title"])
+        for a in ab["arms"]:
+            print(f"  {a['label']:12s} {_pct(a['top1_mean'], a['top1_std']):>16s}%  "
+                  f"({a['madds'] / 1e6:.1f}M MAdds, {a['runs']} run(s))")
+        print(f"  paper: {ab['claim']} — {'held' if ab['held'] else 'did not hold'}"
+              f"{' clearly' if ab['clear'] else ''}")
+    print(f"wrote {docs} and {chart}")
+    return 0

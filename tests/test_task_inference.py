@@ -1,0 +1,51 @@
+"""Evaluation and prediction from task weights files."""
+import pytest
+from PIL import Image
+
+from mobilenets import MobileNetsError, create_model
+from mobilenets.scenes import CLASSES, write_scenes
+from mobilenets.task_inference import evaluate_checkpoint, predict_image, save_task_weights
+from mobilenets.weights import save_weights
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+NAMES = ["background", *CLASSES]
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenes")
+    write_scenes(root, train=2, val=3, size=64, seed=2, progress=False)
+    return root
+
+
+@pytest.mark.parametrize("name,task,sub", [("ssdlite_mobilenet_v2", "detection", "coco"),
+                                           ("deeplabv3_mobilenet_v2", "segmentation", "voc")])
+def test_eval_and_predict(tmp_path, scenes, name, task, sub):
+    model = create_model(name, num_classes=11, width_mult=0.35)
+    ckpt = tmp_path / "w.safetensors"
+    save_task_weights(ckpt, model, task, NAMES, 64)
+    metrics = evaluate_checkpoint(ckpt, str(scenes / sub), out=str(tmp_path / "eval"), draw=2)
+    assert 0 <= metrics["metric"] <= 1
+    assert (tmp_path / "eval/metrics.json").is_file()
+    assert Image.open(tmp_path / "eval/pred_001.png").size == (64, 64)
+    result = predict_image(ckpt, scenes / "voc/JPEGImages/val_000000.jpg", tmp_path / "p.png", min_score=0.0)
+    assert Image.open(tmp_path / "p.png").size == (64, 64)
+    if task == "detection":
+        assert all(label in NAMES for label in result["labels"])
+    else:
+        assert sum(result["pixels"].values()) == 64 * 64
+
+
+def test_not_a_task_file(tmp_path, scenes):
+    path = tmp_path / "cls.safetensors"
+    save_weights(path, create_model("mobilenet_v2_035", num_classes=3))
+    with pytest.raises(MobileNetsError, match="not a detection or segmentation weights file"):
+        evaluate_checkpoint(path, str(scenes / "coco"))
+    model = create_model("ssdlite_mobilenet_v2", num_classes=4, width_mult=0.35)
+    save_task_weights(path, model, "detection", NAMES[:4], 64)
+    with pytest.raises(MobileNetsError, match="has 10 classes but .* was trained for 3"):
+        evaluate_checkpoint(path, str(scenes / "coco"))
+    with pytest.raises(MobileNetsError, match="not a readable image"):
+        (tmp_path / "bad.jpg").write_bytes(b"no")
+        predict_image(path, tmp_path / "bad.jpg", tmp_path / "o.png")
