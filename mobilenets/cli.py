@@ -10,7 +10,8 @@ from .errors import MobileNetsError
 
 # Modules that contribute verbs; each has add_commands(subparsers) whose parsers set `func`.
 COMMAND_MODULES = ("mobilenets.cli", "mobilenets.convert", "mobilenets.analysis", "mobilenets.scenes",
-                   "mobilenets.export", "mobilenets.quantize", "mobilenets.bench", "mobilenets.predict")
+                   "mobilenets.export", "mobilenets.quantize", "mobilenets.bench", "mobilenets.predict",
+                   "mobilenets.train", "mobilenets.evaluate")
 
 
 class _Parser(argparse.ArgumentParser):

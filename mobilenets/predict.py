@@ -42,23 +42,31 @@ class Predictor:
     def _decode(self, item) -> torch.Tensor:
         """One image as uint8 C×H×W, or a float batch passed through."""
         if isinstance(item, (str, os.PathLike)):
-            from torchvision.io import ImageReadMode, decode_image, read_file
-            p = Path(item)
-            if not p.is_file():
-                raise MobileNetsError(f"{p}: no such image file")
-            mode = ImageReadMode.GRAY if self.input_shape[0] == 1 else ImageReadMode.RGB
-            try:
-                return decode_image(read_file(str(p)), mode=mode)
-            except RuntimeError:
-                raise MobileNetsError(f"{p}: cannot be decoded as an image (JPEG, PNG, GIF, WebP)") from None
+            item = self._open(Path(item))
         if hasattr(item, "convert") and hasattr(item, "size"):  # a PIL image
-            item = np.asarray(item.convert("L" if self.input_shape[0] == 1 else "RGB"))
+            item = np.array(item.convert("L" if self.input_shape[0] == 1 else "RGB"))
         t = torch.as_tensor(np.asarray(item)) if not isinstance(item, torch.Tensor) else item
         if t.ndim == 2:
             t = t.unsqueeze(0)
         elif t.ndim == 3 and t.shape[-1] in (1, 3, 4) and t.shape[0] not in (1, 3, 4):
             t = t.permute(2, 0, 1)  # H×W×C arrays from PIL / numpy
         return t
+
+    def _open(self, p: Path):
+        """An image file as a PIL image in the model's mode (CMYK, palette, alpha and 16-bit
+        images converted as viewers show them); one-line error naming the file otherwise."""
+        from PIL import Image, UnidentifiedImageError
+        from .data import to_mode
+        if not p.is_file():
+            raise MobileNetsError(f"{p}: no such image file")
+        if p.stat().st_size == 0:
+            raise MobileNetsError(f"{p}: zero-byte file")
+        try:
+            with Image.open(p) as im:
+                im.load()
+                return to_mode(im, self.input_shape[0])
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+            raise MobileNetsError(f"{p}: cannot be decoded as an image") from None
 
     def preprocess(self, images) -> torch.Tensor:
         if isinstance(images, (list, tuple)):
@@ -95,6 +103,17 @@ class Predictor:
                 for pr, ix in zip(p, idx)]
 
 
+    def predict_files(self, files, topk: int | None = None) -> list[tuple[str, list | str]]:
+        """[(file, top-k or the reason it could not be read)] in input order."""
+        results = []
+        for f in files:
+            try:
+                results.append((str(f), self(str(f), topk)[0]))
+            except MobileNetsError as e:
+                results.append((str(f), str(e).removeprefix(f"{f}: ")))
+        return results
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("predict", help="top-k classes of images with any saved model form")
     p.add_argument("model", help=".safetensors, .onnx (fp32/int8), .pt2 or TorchScript (.ts/.pt) file")
@@ -105,11 +124,15 @@ def add_commands(sub) -> None:
 
 
 def _cmd_predict(args) -> int:
-    predictor = Predictor(args.model, topk=args.topk)
-    results = predictor(list(args.images))
+    """One line per file, starting with its name; exit 0 if any file was predicted."""
+    if args.topk < 1:
+        raise MobileNetsError(f"--topk {args.topk}: allowed: integer >= 1")
+    results = Predictor(args.model, topk=args.topk).predict_files(args.images)
     if args.json:
-        print(json.dumps([{"image": i, "top": r} for i, r in zip(args.images, results)]))
-        return 0
-    for image, top in zip(args.images, results):
-        print(f"{image}: " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in top))
-    return 0
+        print(json.dumps([{"image": f, "top": r} if isinstance(r, list) else {"image": f, "error": r}
+                          for f, r in results]))
+    else:
+        for file, top in results:
+            print(f"{file}: error: {top}" if isinstance(top, str) else
+                  f"{file}: " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in top))
+    return 0 if any(isinstance(r, list) for _, r in results) else 1
