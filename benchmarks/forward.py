@@ -110,7 +110,8 @@ def main() -> int:
         return 0
     rows = []
     for setting in args.settings:
-        env = {**os.environ, "MOBILENETS_MALLOC_TUNING": "1"}
+        # create_model applies the tuning itself, so the default setting must switch it off.
+        env = {**os.environ, "MOBILENETS_MALLOC_TUNING": "1" if setting == "tuned" else "0"}
         for var in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "THP_MEM_ALLOC_ENABLE"):
             env.pop(var, None)
         cmd = [sys.executable, __file__, "--setting", setting, "--rounds", str(args.rounds),
