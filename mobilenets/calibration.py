@@ -3,49 +3,27 @@ package, or a user's .npy array of uint8 images, preprocessed the way the model 
 from __future__ import annotations
 
 import functools
-import gzip
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .data import FMNIST_CLASSES, load_fashion_mnist
 from .errors import MobileNetsError
 from .preprocess import transform
 
-FASHION_MNIST_DIR = Path(os.environ.get("MOBILENETS_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                         "Sneaker", "Bag", "Ankle boot"]
-_IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}
+FASHION_MNIST_CLASSES = FMNIST_CLASSES
 
 
-def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    if not path.is_file():
-        raise MobileNetsError(f"{path}: no such file (Fashion-MNIST; set MOBILENETS_FASHION_MNIST)")
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as e:
-        raise MobileNetsError(f"{path}: unreadable ({e})") from None
-    magic = int.from_bytes(data[:4], "big")
-    if magic != _IDX_MAGIC[ndim]:
-        raise MobileNetsError(f"{path}: not an IDX file of {ndim}-d data (magic {magic:#x})")
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    body = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(dims)):
-        raise MobileNetsError(f"{path}: truncated ({body.size} of {int(np.prod(dims))} bytes)")
-    return body.reshape(dims)
+@functools.lru_cache(maxsize=1)
+def _fashion_mnist() -> dict:
+    return load_fashion_mnist(download=False)
 
 
-@functools.lru_cache(maxsize=2)
 def fashion_mnist(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """(uint8 images N×1×28×28, int64 labels N) of the train or test ("t10k") split; cached, so
     callers must not modify them."""
-    prefix = "train" if split == "train" else "t10k"
-    images = _read_idx(FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz", 3)
-    labels = _read_idx(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz", 1)
-    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+    return _fashion_mnist()["train" if split == "train" else "test"]
 
 
 def load_images(source: str, pre: dict, split: str = "train") -> tuple[torch.Tensor, torch.Tensor | None]:

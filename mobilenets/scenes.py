@@ -7,7 +7,6 @@ split, so no item is shared between them. Everything follows from the seed.
 """
 from __future__ import annotations
 
-import gzip
 import json
 import os
 from pathlib import Path
@@ -15,14 +14,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .data import FMNIST_CLASSES
 from .errors import MobileNetsError
 from .io import atomic_path, atomic_write_text
 
-CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-           "Bag", "Ankle boot")
-FASHION_DIRS = (os.environ.get("MOBILENETS_DATA", ""), "/usr/share/datasets/fashion-mnist")
-SPLIT_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-               "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+CLASSES = tuple(FMNIST_CLASSES)
 # An item pixel belongs to the item's silhouette above this intensity (of 255).
 SILHOUETTE = 24
 MAX_OCCLUDED = 0.3      # a new item may hide at most this share of an earlier one
@@ -31,27 +27,11 @@ VOC_PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0, 0, 0, 128, 128, 0, 12
                128, 128, 128, 64, 0, 0, 192, 0, 0, 64, 128, 0]
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
 def load_items(split: str, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST images (N, 28, 28) and labels of `split` ("train" or "val" = test set)."""
-    dirs = [data_dir] if data_dir else [d for d in FASHION_DIRS if d]
-    for d in dirs:
-        found = []
-        for name in SPLIT_FILES[split]:
-            candidates = [Path(d) / (name + ext) for ext in (".gz", "")]
-            found.append(next((p for p in candidates if p.is_file()), None))
-        if all(found):
-            return _read_idx(found[0]), _read_idx(found[1])
-    raise MobileNetsError(f"Fashion-MNIST {split} files not found in {', '.join(dirs)}; "
-                          "install them with `apt-get install dataset-fashion-mnist` or pass --data-dir")
+    from .data import load_fashion_mnist
+    images, labels = load_fashion_mnist(data_dir, download=False)["train" if split == "train" else "test"]
+    return images[:, 0].numpy(), labels.numpy()
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
