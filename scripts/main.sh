@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 out=${1:-runs/fmnist}; shift || true
 mn=.venv/bin/mobilenets
-if [ -f "$out/last.pt" ] && [ ! -f "$out/report.json" ]; then
+if [ -f "$out/report.json" ]; then
+  echo "reusing the finished run in $out (remove it to train again)"
+elif [ -f "$out/last.pt" ]; then
   $mn train --resume "$out" "$@"                       # an interrupted run continues
 else
   $mn train --data fashion-mnist --epochs 2 --out "$out" "$@"
