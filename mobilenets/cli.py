@@ -124,7 +124,7 @@ def _cmd_paper_tables(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="mobilenets", description=__doc__.split(":")[0])
+    parser = _Parser(prog="mobilenets", description="MobileNet V1, V2 and V3 built from the papers' tables.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_commands(sub)
