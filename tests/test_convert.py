@@ -31,14 +31,8 @@ LOGIT_SCALE = 2.0
 SIZE = 64  # even, so TF "same" padding is one-sided at every stride-2 layer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # On a shared 2-core machine, thread start-up and contention cost more than these tiny
-    # forward passes; one thread keeps the file fast.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny forward passes: one thread (fixture in conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

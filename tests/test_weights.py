@@ -16,13 +16,8 @@ from mobilenets.weights import (imagenet_classes, load_model, load_weights, reso
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # thread start-up costs more than these tiny forward passes on a shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny forward passes: one thread (fixture in conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**kw):
