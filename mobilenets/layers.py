@@ -4,6 +4,7 @@ depending on its options."""
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +102,24 @@ class ConvBNAct(nn.Sequential):
         x = F.conv2d(x, conv.weight * scale.reshape(-1, 1, 1, 1), bias, conv.stride, conv.padding,
                      conv.dilation, conv.groups)
         return act(x)
+
+
+@contextmanager
+def bn_unfolded(model: nn.Module):
+    """Run `model`'s ConvBNAct layers as separate conv and batch-norm ops in eval mode, for this
+    model only (an instance setting, so other models and threads keep folding)."""
+    layers = [m for m in model.modules() if isinstance(m, ConvBNAct)]
+    saved = [m.__dict__.get("fold_bn_in_eval") for m in layers]
+    for m in layers:
+        m.fold_bn_in_eval = False
+    try:
+        yield model
+    finally:
+        for m, value in zip(layers, saved):
+            if value is None:
+                del m.fold_bn_in_eval
+            else:
+                m.fold_bn_in_eval = value
 
 
 class SqueezeExcite(nn.Module):

@@ -12,7 +12,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from .layers import ConvBNAct, InvertedResidual, SqueezeExcite
+from .layers import ConvBNAct, InvertedResidual, SqueezeExcite, bn_unfolded
 
 FP16, FP32 = 2, 4
 # Modules that return their input or a view of it allocate nothing.
@@ -146,15 +146,13 @@ def profile(model, resolution: int = 224) -> dict:
     # Conv and batch norm are traced as the separate ops that the papers count and that plain
     # eager execution runs, so on-the-fly BN folding is off. Eval mode, because training-mode
     # batch norm refuses one image on a 1×1 map (SSD's last extra layers, ASPP's pooling branch).
-    was_training, fold = model.training, ConvBNAct.fold_bn_in_eval
+    was_training = model.training
     model.eval()
-    ConvBNAct.fold_bn_in_eval = False
     try:
-        with torch.no_grad():
+        with torch.no_grad(), bn_unfolded(model):
             torch.func.functional_call(model, state, (x,))
     finally:
         tracer.close()
-        ConvBNAct.fold_bn_in_eval = fold
         model.train(was_training)
     arch = getattr(model, "arch", None)
     table3 = _table3(arch, tracer.layers)

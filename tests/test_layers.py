@@ -43,7 +43,7 @@ def test_residual_block_adds_its_input():
 
 
 def test_eval_folds_batch_norm_into_conv_with_the_same_output():
-    from mobilenets.layers import ConvBNAct
+    from mobilenets.layers import ConvBNAct, bn_unfolded
     torch.manual_seed(0)
     unit = ConvBNAct(8, 16, 3, 2, act="relu6", padding="same")
     with torch.no_grad():                   # BN with non-trivial statistics and affine terms
@@ -53,10 +53,20 @@ def test_eval_folds_batch_norm_into_conv_with_the_same_output():
     unit.eval()
     x = torch.randn(2, 8, 9, 9)
     folded = unit(x)
-    ConvBNAct.fold_bn_in_eval = False
-    try:
+    with bn_unfolded(unit):
         plain = unit(x)
-    finally:
-        ConvBNAct.fold_bn_in_eval = True
+    assert unit.fold_bn_in_eval
     torch.testing.assert_close(folded, plain, rtol=1e-5, atol=1e-6)
     assert folded.shape == (2, 16, 5, 5)
+    assert (folded - plain).abs().max() > 0     # the two paths really are different arithmetic
+
+
+def test_bn_unfolded_is_per_model_and_restores_instance_settings():
+    from mobilenets.layers import ConvBNAct, bn_unfolded
+    a, b = ConvBNAct(4, 4, 1), ConvBNAct(4, 4, 1)
+    b.fold_bn_in_eval = False                      # a user's own instance setting survives
+    with bn_unfolded(a), bn_unfolded(b):
+        assert not a.fold_bn_in_eval and not b.fold_bn_in_eval
+        assert ConvBNAct.fold_bn_in_eval           # the class default is never touched
+    assert a.fold_bn_in_eval and "fold_bn_in_eval" not in a.__dict__
+    assert b.fold_bn_in_eval is False
