@@ -5,11 +5,13 @@
 - expansion: t ∈ {1, 2, 4, 6} (V2 §3.3–4 uses 6);
 - family: V1 vs V2 vs V3-Small at matched multiply-adds (V2 Table 4, V3 Table 3).
 
-Every arm is a registered model variant trained by the trainer (`mobilenets.train.train`) on
-the `fashion-mnist` recipe with the same schedule; a variant shared by several ablations (the
-published V2 is the linear, bottleneck-shortcut, t = 6 arm) is trained once per seed. Each
-finished run is appended to `results.jsonl` in the output directory, so an interrupted ablation
-continues where it stopped. The summary (mean ± std of test top-1), a bar chart and the verdict
+Every arm is a model family plus create_model options (e.g. proj_act="relu6"), trained by the
+trainer (`mobilenets.train.train`) on the `fashion-mnist` recipe with the same schedule, so each
+run's best.safetensors reloads in any process (`mobilenets.weights.load_model`, `mobilenets
+eval`). A configuration shared by several ablations (the published V2 is the linear,
+bottleneck-shortcut, t = 6 arm) is trained once per seed. Each finished run is appended to
+`results.jsonl` in the output directory, so an interrupted ablation continues where it
+stopped. The summary (mean ± std of test top-1), a bar chart and the verdict
 on each of the papers' orderings go to docs/ablations.md.
 """
 from __future__ import annotations
@@ -149,13 +151,12 @@ def _trainer():
 def train_arm(key: str, config: dict, seed: int, schedule: Schedule, run_dir: Path,
               data_dir: str | None = None, progress: bool = False) -> dict:
     """Train one configuration with one seed; returns its record for results.jsonl."""
-    from .models import mobilenet, register_model
     train = _trainer()
-    # The trainer builds models by registered name, so each variant is registered for the run.
-    name = f"ablation:{key}"
-    register_model(name, mobilenet, family=config["family"], **config["options"])
+    # The family's own name plus options, not a variant registered here: best.safetensors then
+    # names "mobilenet_v2" and {"proj_act": "relu6", ...} and loads in any process.
     cfg = {**train.DEFAULTS, **train.load_recipe("fashion-mnist"), "recipe": "fashion-mnist",
-           "model": name, "width_mult": config["width_mult"], "small_input": True, "in_chans": 1,
+           "model": config["family"], "model_options": dict(config["options"]),
+           "width_mult": config["width_mult"], "small_input": True, "in_chans": 1,
            "resolution": RESOLUTION, "data": "fashion-mnist", "data_dir": data_dir, "seed": seed,
            "epochs": schedule.epochs, "batch_size": schedule.batch_size,
            "limit_train": schedule.limit_train, "limit_val": schedule.limit_test}

@@ -1,11 +1,17 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
+import torch
 
 from mobilenets.ablate import (ABLATIONS, Schedule, _madds, arm_configs, match_width,
                                run_ablations, write_report)
 from mobilenets.cli import main
 from mobilenets.errors import MobileNetsError
+from mobilenets.models import create_model
+from mobilenets.weights import load_state_into, load_weights
 
 
 def test_other_families_match_the_base_multiply_adds():
@@ -89,13 +95,63 @@ def test_corrupt_results_file(tmp_path):
         run_ablations(tmp_path, 1, Schedule(), ["projection"], progress=False, train_fn=None)
 
 
-def test_real_training_on_fashion_mnist(tmp_path):
+@pytest.fixture(scope="module")
+def projection_run(tmp_path_factory):
+    """The projection ablation for real on 64 Fashion-MNIST images, one seed."""
     pytest.importorskip("mobilenets.train", reason="the trainer (issue 3) is not merged yet")
-    out, docs = tmp_path / "abl", tmp_path / "docs" / "ablations.md"
-    assert main(["ablate", "--seeds", "1", "--epochs", "1", "--batch-size", "32", "--limit-train",
-                 "64", "--limit-test", "64", "--only", "projection", "--out", str(out),
-                 "--docs", str(docs), "--json"]) == 0
+    tmp = tmp_path_factory.mktemp("ablate")
+    out, docs = tmp / "abl", tmp / "docs" / "ablations.md"
+    argv = ["ablate", "--seeds", "1", "--epochs", "1", "--batch-size", "32", "--limit-train", "64",
+            "--limit-test", "64", "--only", "projection", "--out", str(out), "--docs", str(docs), "--json"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out, docs, Schedule(1, 32, 64, 64)
+
+
+def test_real_training_on_fashion_mnist(projection_run):
+    out, docs, _ = projection_run
     recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["key"] for r in recs] == ["mobilenet_v2", "mobilenet_v2-proj_act=relu6"]
     assert all(0 <= r["top1"] <= 1 and r["madds"] == 23_111_712 for r in recs)
     assert "mobilenets ablate --data fashion-mnist --seeds 1" in docs.read_text()
+
+
+RELOAD = """
+import sys, torch
+from mobilenets.weights import load_model
+model, meta = load_model(sys.argv[1])
+torch.save(model.eval()(torch.load(sys.argv[2])), sys.argv[3])
+"""
+
+
+def test_arm_weights_reload_in_a_fresh_process(projection_run, tmp_path, one_thread):
+    out, _, schedule = projection_run
+    path = out / "runs" / schedule.tag() / "mobilenet_v2-proj_act=relu6-seed0" / "best.safetensors"
+    state, meta = load_weights(path)
+    # A base model name and the arm's options, nothing registered only in the training process.
+    assert meta["model"] == "mobilenet_v2"
+    assert meta["model_kwargs"] == {"proj_act": "relu6", "num_classes": 10, "in_chans": 1,
+                                    "width_mult": 0.5, "small_input": True}
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    torch.save(x, tmp_path / "x.pt")
+    r = subprocess.run([sys.executable, "-c", RELOAD, str(path), str(tmp_path / "x.pt"),
+                        str(tmp_path / "logits.pt")], capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    fresh = torch.load(tmp_path / "logits.pt")
+
+    def logits(**options):
+        model = create_model("mobilenet_v2", width_mult=0.5, small_input=True, in_chans=1,
+                             num_classes=10, **options)
+        load_state_into(model, state, str(path))
+        with torch.no_grad():
+            return model.eval()(x)
+
+    assert torch.equal(fresh, logits(proj_act="relu6"))
+    # The option matters: the same tensors in the default (linear) model compute other logits,
+    # so a file that dropped it would load without error and be wrong.
+    assert (fresh - logits()).abs().max() > 1e-3
