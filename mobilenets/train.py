@@ -26,10 +26,10 @@ from .io import atomic_path, atomic_write_text
 RECIPES_DIR = Path(__file__).parent / "recipes"
 CHECKPOINT_FORMAT = "mobilenets-train/1"
 # Recipe keys that describe the model: a resumed run must agree on them.
-MODEL_KEYS = ("model", "width_mult", "small_input", "in_chans", "dropout")
+MODEL_KEYS = ("model", "width_mult", "small_input", "in_chans", "dropout", "model_options")
 DEFAULTS = {
     "model": "mobilenet_v2", "width_mult": None, "small_input": False, "in_chans": None,
-    "dropout": None, "resolution": None, "data": "fashion-mnist", "data_dir": None,
+    "dropout": None, "model_options": {}, "resolution": None, "data": "fashion-mnist", "data_dir": None,
     "val_fraction": 0.1, "workers": 0, "seed": 0, "epochs": 20, "batch_size": 128,
     "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "rmsprop_decay": 0.9,
     "eps": 1e-8, "weight_decay": 4e-5, "wd_norm_bias": False, "schedule": "cosine",
@@ -117,6 +117,12 @@ def validate(cfg: dict) -> dict:
     need("workers", integer("workers") and cfg["workers"] >= 0, "integer >= 0")
     for key in ("log_every", "save_every_steps", "crop_padding", "limit_train", "limit_val"):
         need(key, integer(key) and cfg[key] >= 0, "integer >= 0")
+    opts = cfg["model_options"]
+    need("model_options", isinstance(opts, dict) and all(isinstance(k, str) for k in opts),
+         'a JSON object of create_model options, e.g. {"proj_act": "relu6"}')
+    # The named keys have one place to be set, so a run's config cannot say two things.
+    named = sorted(set(opts) & {"width_mult", "small_input", "in_chans", "dropout", "num_classes"})
+    need("model_options", not named, f"options other than {', '.join(named)} (set those by their own key)")
     if cfg["width_mult"] is not None:
         need("width_mult", number("width_mult") and cfg["width_mult"] > 0, "number > 0")
     if cfg["resolution"] is not None:
@@ -329,7 +335,8 @@ def train(cfg: dict, out: str | Path, resume: str | None = None, progress: bool 
                 raise MobileNetsError(
                     f"--resume {resume}: the checkpoint trains {saved['model']} with {key}={saved.get(key)!r}, "
                     f"not {cfg[key]!r}; start a new run in another --out instead")
-        cfg = {**saved, **{k: cfg[k] for k in cfg.get("_explicit", ()) if k not in MODEL_KEYS}}
+        # DEFAULTS first: a checkpoint from before a key existed resumes with its default.
+        cfg = {**DEFAULTS, **saved, **{k: cfg[k] for k in cfg.get("_explicit", ()) if k not in MODEL_KEYS}}
     elif (out / "last.pt").exists():
         raise MobileNetsError(f"--out {out}: already holds a run (last.pt); continue it with --resume {out} "
                               "or choose another --out")
@@ -356,7 +363,9 @@ def _run(cfg, out, ckpt, ctx, progress, create_model, profile) -> dict:
         ds.train = ds.train.subset(cfg["limit_train"], seed)
     if cfg["limit_val"]:
         ds.val = ds.val.subset(cfg["limit_val"], seed)
-    kwargs = {"num_classes": len(ds.classes), "in_chans": ds.in_chans}
+    # Architecture options (e.g. proj_act) go into the model's kwargs, so the weights files
+    # name a base model plus options and load in any process, not a process-local variant.
+    kwargs = {**cfg["model_options"], "num_classes": len(ds.classes), "in_chans": ds.in_chans}
     if cfg["width_mult"] is not None:
         kwargs["width_mult"] = cfg["width_mult"]
     if cfg["small_input"]:

@@ -41,9 +41,14 @@ def save_weights(path: str | os.PathLike, model: torch.nn.Module, metadata: dict
     meta = {"format": FORMAT, "model": getattr(model, "model_name", type(model).__name__),
             "model_kwargs": getattr(model, "model_kwargs", {})}
     meta.update(metadata or {})
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    write_weights(path, model.state_dict(), meta)
+
+
+def write_weights(path: str | os.PathLike, state: dict[str, torch.Tensor], metadata: dict) -> None:
+    """Write a state dict and metadata (JSON values) atomically, e.g. as `load_weights` read them."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()})
+        save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
 
 
 def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:

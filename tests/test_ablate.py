@@ -1,11 +1,18 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
+import torch
 
+from mobilenets import models
 from mobilenets.ablate import (ABLATIONS, Schedule, _madds, arm_configs, match_width,
-                               run_ablations, write_report)
+                               run_ablations, upgrade_weights, verdict, write_report)
 from mobilenets.cli import main
 from mobilenets.errors import MobileNetsError
+from mobilenets.models import create_model, mobilenet
+from mobilenets.weights import load_model, load_state_into, load_weights, save_weights
 
 
 def test_other_families_match_the_base_multiply_adds():
@@ -62,8 +69,70 @@ def test_summary_verdicts_and_resume(tmp_path):
     text = docs.read_text()
     assert "mobilenets ablate --seeds 3" in text and "(ablations.png)" in text
     assert "| projection | linear | 0.5 |" in text and "90.10 ± 0.10" in text
-    assert "did not hold: bottleneck 90.10% ≤ expansion 92.10%" in text
+    assert "3 seeds per arm" in text and "The 12 runs trained for" in text
+    assert f"`{tmp_path}/runs/<schedule>/<arm>-seed<k>/best.safetensors`" in text
+    assert ("Here: yes, clearly (linear 90.10 ± 0.10% vs ReLU6 85.10 ± 0.10%); every gap is larger "
+            "than one standard deviation.") in text
+    assert ("Here: no, bottleneck did not beat expansion (90.10 ± 0.10% vs 92.10 ± 0.10%). The gap "
+            "is larger than one standard deviation: on this data the order is reversed. The rest held: "
+            "bottleneck beat none.") in text
     assert chart.stat().st_size > 0
+
+
+def arms(**top1):
+    """An ablation summary entry from label=(mean, std) pairs, the ordering as given."""
+    labels = list(top1)
+    ab = {"arms": [{"label": k, "top1_mean": m, "top1_std": sd} for k, (m, sd) in top1.items()],
+          "better": [[labels[0], other] for other in labels[1:]]}
+    by = {a["label"]: a for a in ab["arms"]}
+    ab["held"] = all(by[w]["top1_mean"] > by[l]["top1_mean"] for w, l in ab["better"])
+    ab["clear"] = False
+    return ab
+
+
+@pytest.mark.parametrize("ab, says", [
+    (arms(a=(0.91, 0.01), b=(0.90, 0.02)),
+     "only in the means (a 91.00 ± 1.00% vs b 90.00 ± 2.00%); a vs b is within one standard"),
+    (arms(a=(0.90, 0.01), b=(0.905, 0.01)),
+     "no, a did not beat b (90.00 ± 1.00% vs 90.50 ± 1.00%). But the gap is within one standard"),
+    (arms(a=(0.90, 0.001), b=(0.91, 0.001), c=(0.905, 0.01), d=(0.80, 0.01)),
+     "no, a did not beat b (90.00 ± 0.10% vs 91.00 ± 0.10%); a did not beat c (90.00 ± 0.10% vs "
+     "90.50 ± 1.00%). At least one of these gaps is larger than one standard deviation: on this data "
+     "the order is partly reversed. The rest held: a beat d"),
+    (arms(a=(0.90, None), b=(0.80, None)), "yes in the means (a 90.00% vs b 80.00%), but one seed"),
+    (arms(a=(0.80, None), b=(0.90, None), c=(0.70, None)),
+     "no, a did not beat b (80.00% vs 90.00%). With one seed"),
+])
+def test_verdict_says_whether_the_gap_beats_the_noise(ab, says):
+    assert verdict(ab).startswith(says)
+
+
+def test_weights_from_registered_variants_are_upgraded(tmp_path, monkeypatch, one_thread):
+    """Before arms were a family plus options, each was registered as "ablation:<key>" in the
+    training process: such weights are rewritten to load anywhere, tensors untouched."""
+    key, sched = "mobilenet_v2-proj_act=relu6", Schedule(1, 8, 16, 16)
+    name = f"ablation:{key}"
+    monkeypatch.setitem(models._REGISTRY, name, (mobilenet, {"family": "mobilenet_v2", "proj_act": "relu6"}))
+    old = create_model(name, width_mult=0.5, small_input=True, in_chans=1, num_classes=10).eval()
+    path = tmp_path / "runs" / sched.tag() / f"{key}-seed0" / "best.safetensors"
+    path.parent.mkdir(parents=True)
+    save_weights(path, old, {"top1": 0.5})
+    monkeypatch.delitem(models._REGISTRY, name)   # a fresh process knows no such name
+    with pytest.raises(MobileNetsError, match="unknown model 'ablation:"):
+        load_model(path)
+    earlier = FakeTrainer({key: 0.8})(key, {"width_mult": 0.5}, 0, sched, None, None, False)
+    (tmp_path / "results.jsonl").write_text(json.dumps(earlier) + "\n")
+    fake = FakeTrainer({"mobilenet_v2": 0.9})
+    run_ablations(tmp_path, 1, sched, ["projection"], progress=False, train_fn=fake)
+    assert fake.calls == [("mobilenet_v2", 0)]   # the finished arm is not trained again
+    model, meta = load_model(path)
+    assert meta["model"] == "mobilenet_v2" and meta["top1"] == 0.5
+    assert meta["model_kwargs"] == {"proj_act": "relu6", "width_mult": 0.5, "small_input": True,
+                                    "in_chans": 1, "num_classes": 10}
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), old(x))
+    assert upgrade_weights(path, {}) is False   # already upgraded: left alone
 
 
 def test_single_seed_has_no_spread(tmp_path):
@@ -89,13 +158,63 @@ def test_corrupt_results_file(tmp_path):
         run_ablations(tmp_path, 1, Schedule(), ["projection"], progress=False, train_fn=None)
 
 
-def test_real_training_on_fashion_mnist(tmp_path):
+@pytest.fixture(scope="module")
+def projection_run(tmp_path_factory):
+    """The projection ablation for real on 64 Fashion-MNIST images, one seed."""
     pytest.importorskip("mobilenets.train", reason="the trainer (issue 3) is not merged yet")
-    out, docs = tmp_path / "abl", tmp_path / "docs" / "ablations.md"
-    assert main(["ablate", "--seeds", "1", "--epochs", "1", "--batch-size", "32", "--limit-train",
-                 "64", "--limit-test", "64", "--only", "projection", "--out", str(out),
-                 "--docs", str(docs), "--json"]) == 0
+    tmp = tmp_path_factory.mktemp("ablate")
+    out, docs = tmp / "abl", tmp / "docs" / "ablations.md"
+    argv = ["ablate", "--seeds", "1", "--epochs", "1", "--batch-size", "32", "--limit-train", "64",
+            "--limit-test", "64", "--only", "projection", "--out", str(out), "--docs", str(docs), "--json"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out, docs, Schedule(1, 32, 64, 64)
+
+
+def test_real_training_on_fashion_mnist(projection_run):
+    out, docs, _ = projection_run
     recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["key"] for r in recs] == ["mobilenet_v2", "mobilenet_v2-proj_act=relu6"]
     assert all(0 <= r["top1"] <= 1 and r["madds"] == 23_111_712 for r in recs)
     assert "mobilenets ablate --data fashion-mnist --seeds 1" in docs.read_text()
+
+
+RELOAD = """
+import sys, torch
+from mobilenets.weights import load_model
+model, meta = load_model(sys.argv[1])
+torch.save(model.eval()(torch.load(sys.argv[2])), sys.argv[3])
+"""
+
+
+def test_arm_weights_reload_in_a_fresh_process(projection_run, tmp_path, one_thread):
+    out, _, schedule = projection_run
+    path = out / "runs" / schedule.tag() / "mobilenet_v2-proj_act=relu6-seed0" / "best.safetensors"
+    state, meta = load_weights(path)
+    # A base model name and the arm's options, nothing registered only in the training process.
+    assert meta["model"] == "mobilenet_v2"
+    assert meta["model_kwargs"] == {"proj_act": "relu6", "num_classes": 10, "in_chans": 1,
+                                    "width_mult": 0.5, "small_input": True}
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    torch.save(x, tmp_path / "x.pt")
+    r = subprocess.run([sys.executable, "-c", RELOAD, str(path), str(tmp_path / "x.pt"),
+                        str(tmp_path / "logits.pt")], capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    fresh = torch.load(tmp_path / "logits.pt")
+
+    def logits(**options):
+        model = create_model("mobilenet_v2", width_mult=0.5, small_input=True, in_chans=1,
+                             num_classes=10, **options)
+        load_state_into(model, state, str(path))
+        with torch.no_grad():
+            return model.eval()(x)
+
+    assert torch.equal(fresh, logits(proj_act="relu6"))
+    # The option matters: the same tensors in the default (linear) model compute other logits,
+    # so a file that dropped it would load without error and be wrong.
+    assert (fresh - logits()).abs().max() > 1e-3

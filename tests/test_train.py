@@ -112,11 +112,32 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     ({"lr": -0.1}, r"lr=-0.1 is invalid; allowed: number > 0"),
     ({"schedule": "linear"}, r"schedule='linear' is invalid"),
     ({"label_smoothing": 1.5}, r"label_smoothing=1.5 is invalid"),
+    ({"model_options": ["relu6"]}, r"model_options=\['relu6'\] is invalid; allowed: a JSON object"),
+    ({"model_options": {"width_mult": 0.5}}, r"allowed: options other than width_mult \(set those"),
+    ({"model_options": {"proj": "relu6"}}, r"mobilenet_v2 does not take proj;"),
 ])
 def test_invalid_recipe_values(tmp_path, over, match):
     with pytest.raises(MobileNetsError, match=match):
         train(tiny(**over), tmp_path / "x", progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_model_options_reach_the_weights_and_old_checkpoints_resume(tmp_path, run):
+    out, report = run
+    # A checkpoint written before model_options existed resumes with the default ({}).
+    state = torch.load(out / "last.pt", weights_only=True)
+    del state["config"]["model_options"]
+    (tmp_path / "old").mkdir()
+    torch.save(state, tmp_path / "old" / "last.pt")
+    resumed = train(tiny(_explicit=[]), tmp_path / "old", resume=str(tmp_path / "old"), progress=False)
+    assert resumed["top1"] == report["top1"] and resumed["model_kwargs"] == report["model_kwargs"]
+
+    opts = train(tiny(limit_train=32, limit_val=32, epochs=1, model_options={"proj_act": "relu6"}),
+                 tmp_path / "relu6", progress=False)
+    assert opts["model_kwargs"]["proj_act"] == "relu6"
+    model, meta = load_model(tmp_path / "relu6" / "best.safetensors")
+    assert meta["model"] == "mobilenet_v2" and meta["model_kwargs"]["proj_act"] == "relu6"
+    assert {b.proj_act for b in model.arch.blocks} == {"relu6"}
 
 
 def test_resume_errors_overwrite_nothing(tmp_path, run):
