@@ -8,6 +8,7 @@ reported in one warning that counts them; images without objects are kept.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import warnings
@@ -69,6 +70,10 @@ class CocoDetection(Dataset):
             raise MobileNetsError(f"{self.annotation_file}: not a COCO annotation file (no 'images' list)")
         doc.setdefault("annotations", [])
         doc.setdefault("categories", [])
+        self.num_annotations = len(doc["annotations"]) if isinstance(doc["annotations"], list) else 0
+        dropped = {"zero-area": 0, "outside the image": 0, "unknown category id": 0, "unknown image id": 0,
+                   "malformed": 0}
+        doc["annotations"] = _screen_annotations(self.annotation_file, doc, dropped)
         self.coco = COCO()
         self.coco.dataset = doc
         with contextlib.redirect_stdout(io.StringIO()):   # pycocotools prints progress
@@ -79,15 +84,16 @@ class CocoDetection(Dataset):
         label_of = {cid: k for k, cid in enumerate(self.category_ids) if k}
         self.transforms = transforms
         self.ids, self.targets = [], {}
-        dropped = {"zero-area": 0, "outside the image": 0, "unknown category id": 0, "malformed": 0}
         missing = []
         for image_id, info in sorted(self.coco.imgs.items()):
-            if not (self.image_dir / info["file_name"]).is_file():
+            if not _readable(self.image_dir / info["file_name"]):
                 missing.append(info["file_name"])
                 continue
             w, h = info["width"], info["height"]
             boxes, labels = [], []
             for ann in self.coco.imgToAnns.get(image_id, []):
+                if ann.get("iscrowd"):   # crowd regions are ignored in training, as COCOeval ignores them
+                    continue
                 reason, box = _check_box(ann, w, h, label_of)
                 if reason:
                     dropped[reason] += 1
@@ -100,14 +106,20 @@ class CocoDetection(Dataset):
         total = sum(dropped.values())
         if total:
             why = ", ".join(f"{n} {k}" for k, n in dropped.items() if n)
-            warnings.warn(f"{self.annotation_file}: dropped {total} of {len(self.coco.anns)} boxes ({why})",
+            warnings.warn(f"{self.annotation_file}: dropped {total} of {self.num_annotations} boxes ({why})",
                           stacklevel=2)
         if missing:
             warnings.warn(f"{self.annotation_file}: skipped {len(missing)} images whose files are "
-                          f"missing under {self.image_dir} (first: {missing[0]})", stacklevel=2)
+                          f"missing or unreadable under {self.image_dir} (first: {missing[0]})", stacklevel=2)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def select(self, indices: list[int]) -> "CocoDetection":
+        """The same data set restricted to the images at `indices` (COCO evaluation included)."""
+        sub = copy.copy(self)
+        sub.ids = [self.ids[i] for i in indices]
+        return sub
 
     def __getitem__(self, index: int):
         image_id = self.ids[index]
@@ -120,6 +132,43 @@ class CocoDetection(Dataset):
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
+
+
+IMAGE_KEYS = ("id", "file_name", "width", "height")
+
+
+def _screen_annotations(path: Path, doc: dict, dropped: dict) -> list[dict]:
+    """One-line errors for image and category entries no reader could use; annotations that
+    pycocotools could not index (not an object, no id / image_id) or that name no listed image
+    are dropped and counted in `dropped`."""
+    for key, needed in (("images", IMAGE_KEYS), ("categories", ("id", "name"))):
+        if not isinstance(doc[key], list):
+            raise MobileNetsError(f"{path}: '{key}' is not a list")
+        for i, entry in enumerate(doc[key]):
+            lacking = [k for k in needed if not isinstance(entry, dict) or k not in entry]
+            if lacking:
+                raise MobileNetsError(f"{path}: {key}[{i}] has no {lacking[0]!r}")
+    if not isinstance(doc["annotations"], list):
+        raise MobileNetsError(f"{path}: 'annotations' is not a list")
+    image_ids = {img["id"] for img in doc["images"]}
+    kept = []
+    for ann in doc["annotations"]:
+        if not isinstance(ann, dict) or "id" not in ann or "image_id" not in ann:
+            dropped["malformed"] += 1
+        elif ann["image_id"] not in image_ids:
+            dropped["unknown image id"] += 1
+        else:
+            kept.append(ann)
+    return kept
+
+
+def _readable(path: Path) -> bool:
+    """The file exists and its header is an image's (pixels are decoded when it is used)."""
+    try:
+        with Image.open(path):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def _check_box(ann: dict, width: int, height: int, label_of: dict):
@@ -150,25 +199,37 @@ class VOCSegmentation(Dataset):
             raise MobileNetsError(f"{self.root}: no ImageSets/Segmentation/{split}.txt; expected a "
                                   "VOC folder with JPEGImages/, SegmentationClass/, ImageSets/")
         names_file = self.root / "classes.txt"
-        self.classes = (names_file.read_text().split("\n")[:-1] if names_file.is_file()
-                        else list(VOC_CLASSES))
+        self.classes = ([ln.strip() for ln in names_file.read_text().splitlines() if ln.strip()]
+                        if names_file.is_file() else list(VOC_CLASSES))
         self.transforms = transforms
-        self.items, problems = [], {"missing files": [], "mask size differs from image": []}
+        self.items, problems = [], {"missing or unreadable files": [], "mask size differs from image": [],
+                                    "mask is not an index image": []}
+        beyond = []
         for name in listing.read_text().split():
             image = self.root / "JPEGImages" / f"{name}.jpg"
             mask = self.root / "SegmentationClass" / f"{name}.png"
-            if not (image.is_file() and mask.is_file()):
-                problems["missing files"].append(name)
+            try:
+                with Image.open(image) as a, Image.open(mask) as b:
+                    if a.size != b.size:
+                        problems["mask size differs from image"].append(f"{name} ({a.size} vs {b.size})")
+                        continue
+                    if b.mode not in ("P", "L"):
+                        problems["mask is not an index image"].append(f"{name} (mode {b.mode})")
+                        continue
+                    if any(b.histogram()[len(self.classes):IGNORE_INDEX]):
+                        beyond.append(name)
+            except (OSError, ValueError):
+                problems["missing or unreadable files"].append(name)
                 continue
-            with Image.open(image) as a, Image.open(mask) as b:   # reads headers only
-                if a.size != b.size:
-                    problems["mask size differs from image"].append(f"{name} ({a.size} vs {b.size})")
-                    continue
             self.items.append((image, mask))
         for why, names in problems.items():
             if names:
                 warnings.warn(f"{listing}: skipped {len(names)} images, {why} (first: {names[0]})",
                               stacklevel=2)
+        if beyond:
+            warnings.warn(f"{listing}: {len(beyond)} masks hold class indices beyond the "
+                          f"{len(self.classes)} classes (first: {beyond[0]}); those pixels are ignored "
+                          f"like void ({IGNORE_INDEX})", stacklevel=2)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -179,10 +240,18 @@ class VOCSegmentation(Dataset):
         with Image.open(mask_path) as m:
             # Palette PNGs hold class indices; convert("L") would map them through the palette.
             mask = torch.frombuffer(bytearray(m.tobytes()), dtype=torch.uint8).reshape(m.size[1], m.size[0])
-        mask = tv_tensors.Mask(mask.long())
+        mask = mask.long()
+        mask[(mask >= len(self.classes)) & (mask != IGNORE_INDEX)] = IGNORE_INDEX
+        mask = tv_tensors.Mask(mask)
         if self.transforms is not None:
             image, mask = self.transforms(image, mask)
         return image, mask
+
+    def select(self, indices: list[int]) -> "VOCSegmentation":
+        """The same data set restricted to the images at `indices`."""
+        sub = copy.copy(self)
+        sub.items = [self.items[i] for i in indices]
+        return sub
 
 
 def _normalize(mean, std) -> list:

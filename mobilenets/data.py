@@ -222,8 +222,7 @@ class TensorSplit:
             yield self._normalize(x), self.labels[idx]
 
     def num_steps(self, batch: int, world: int = 1, drop_last: bool = True) -> int:
-        g = batch * world
-        return len(self) // g if drop_last else math.ceil(len(self) / g)
+        return num_steps(len(self), batch, world, drop_last)
 
     def _augment(self, x: torch.Tensor, g: torch.Generator, gb: int, rank: int, world: int):
         a = self.augment
@@ -325,11 +324,11 @@ def _skip_warning(path, reason: str) -> None:
 
 
 class _FolderItems(torch.utils.data.Dataset):
-    """One (path, label) per item; decoding failures give None, which the collate drops."""
+    """One (path, label) per item; decoding failures give a ("bad", path, reason) item, which
+    the collate drops."""
 
-    def __init__(self, items, transform, in_chans: int, seed: int):
-        self.items, self.transform, self.in_chans, self.seed = items, transform, in_chans, seed
-        self.epoch = 0
+    def __init__(self, items, transform, in_chans: int):
+        self.items, self.transform, self.in_chans = items, transform, in_chans
 
     def __len__(self):
         return len(self.items)
@@ -342,10 +341,38 @@ class _FolderItems(torch.utils.data.Dataset):
                 img = to_mode(im, self.in_chans)
         except (OSError, SyntaxError, ValueError) as e:
             return ("bad", str(path), str(e).splitlines()[0] if str(e) else type(e).__name__)
-        # Augmentation seeded by (seed, epoch, item) so resumes and ranks agree exactly.
+        return self.transform(img), label
+
+
+class _SeededItems(torch.utils.data.Dataset):
+    """Item i of `epoch` computed under torch's RNG seeded by (seed, epoch, i): random
+    augmentation then depends on nothing else, so resumes and ranks agree exactly."""
+
+    def __init__(self, dataset, seed: int, epoch: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, epoch
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFF_FFFF)
-            return self.transform(img), label
+            return self.dataset[i]
+
+
+def _seeded_loader(dataset, collate, workers: int, batch: int, seed: int, epoch: int, rank: int,
+                   world: int, start_step: int, shuffle: bool, drop_last: bool):
+    """A DataLoader over this rank's batches of `epoch`, from step `start_step` on."""
+    order = epoch_order(len(dataset), seed, epoch, shuffle)
+    steps = [idx.tolist() for idx, _ in shard_steps(order, batch, rank, world, drop_last)]
+    return torch.utils.data.DataLoader(_SeededItems(dataset, seed, epoch), batch_sampler=steps[start_step:],
+                                       collate_fn=collate, num_workers=workers, persistent_workers=False)
+
+
+def num_steps(n: int, batch: int, world: int = 1, drop_last: bool = True) -> int:
+    """Optimizer steps per epoch over `n` items at `batch` per process on `world` processes."""
+    g = batch * world
+    return n // g if drop_last else math.ceil(n / g)
 
 
 def _collate(items):
@@ -377,8 +404,7 @@ class FolderSplit:
         return replace(self, items=[self.items[i] for i in idx.tolist()])
 
     def num_steps(self, batch: int, world: int = 1, drop_last: bool = True) -> int:
-        g = batch * world
-        return len(self) // g if drop_last else math.ceil(len(self) / g)
+        return num_steps(len(self), batch, world, drop_last)
 
     def transform(self):
         r, a = self.resolution, self.augment
@@ -399,13 +425,9 @@ class FolderSplit:
 
     def batches(self, batch: int, seed: int, epoch: int, rank: int = 0, world: int = 1,
                 start_step: int = 0, shuffle: bool = True, drop_last: bool = True):
-        ds = _FolderItems(self.items, self.transform(), self.in_chans, seed)
-        ds.epoch = epoch
-        order = epoch_order(len(self), seed, epoch, shuffle and self.augment is not None)
-        steps = [idx.tolist() for idx, _ in shard_steps(order, batch, rank, world, drop_last)]
-        loader = torch.utils.data.DataLoader(ds, batch_sampler=steps[start_step:], collate_fn=_collate,
-                                             num_workers=self.workers,
-                                             persistent_workers=False)
+        loader = _seeded_loader(_FolderItems(self.items, self.transform(), self.in_chans), _collate,
+                                self.workers, batch, seed, epoch, rank, world, start_step,
+                                shuffle and self.augment is not None, drop_last)
         for x, y, bad in loader:
             for path, reason in bad:
                 if path not in self.skipped:
@@ -414,6 +436,33 @@ class FolderSplit:
             if x is None:
                 continue
             yield x.contiguous(memory_format=torch.channels_last), y
+
+
+@dataclass
+class DatasetSplit:
+    """A map-style dataset whose items are read and augmented one at a time (the detection and
+    segmentation readers of `coco_voc`), batched by `collate`. Its `select(indices)` gives a
+    subset of the same kind."""
+    dataset: torch.utils.data.Dataset
+    collate: object
+    augment: bool = False            # training split: shuffled; transforms are the dataset's own
+    workers: int = 0
+    skipped: list = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def subset(self, n: int, seed: int) -> "DatasetSplit":
+        idx = epoch_order(len(self), seed, -2, True)[:n].sort().values
+        return replace(self, dataset=self.dataset.select(idx.tolist()))
+
+    def num_steps(self, batch: int, world: int = 1, drop_last: bool = True) -> int:
+        return num_steps(len(self), batch, world, drop_last)
+
+    def batches(self, batch: int, seed: int, epoch: int, rank: int = 0, world: int = 1,
+                start_step: int = 0, shuffle: bool = True, drop_last: bool = True):
+        yield from _seeded_loader(self.dataset, self.collate, self.workers, batch, seed, epoch, rank,
+                                  world, start_step, shuffle and self.augment, drop_last)
 
 
 def _scan_folder(root: Path, classes: list[str] | None = None) -> tuple[list, list[str]]:

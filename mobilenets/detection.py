@@ -127,7 +127,9 @@ class DetectionLoss:
 
     def __call__(self, logits: torch.Tensor, deltas: torch.Tensor, targets: list[dict],
                  anchors: torch.Tensor) -> dict[str, torch.Tensor]:
-        labels, regress = build_targets(targets, anchors.to(deltas.device), self.iou_threshold)
+        # Matching runs where the targets are (the CPU, as the data loader gives them).
+        where = targets[0]["boxes"].device if targets else anchors.device
+        labels, regress = build_targets(targets, anchors.to(where), self.iou_threshold)
         labels, regress = labels.to(logits.device), regress.to(deltas.device)
         pos = labels > 0
         num_pos = pos.sum(1, keepdim=True)

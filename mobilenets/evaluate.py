@@ -74,17 +74,21 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | P
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("eval", help="top-1, top-5, per-class accuracy and confusion matrix of a checkpoint")
+    p = sub.add_parser("eval", help="top-1, top-5, per-class accuracy and confusion matrix of a "
+                                     "classifier; COCO mAP or mIoU of a detector / segmenter")
     p.add_argument("checkpoint", help="a .safetensors file written by `mobilenets train`")
-    p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an ImageFolder directory")
+    p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an ImageFolder directory; "
+                                                           "a COCO / VOC folder for a detector / segmenter")
     p.add_argument("--data-dir", default=None, help="where the Fashion-MNIST idx files are")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=None, help="default 256 (classifiers), 16")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="for a folder without train/val: the seeded fraction held out in training")
     p.add_argument("--seed", type=int, default=0, help="the training run's seed (for the split)")
+    p.add_argument("--split", default="val", help="detector / segmenter: the annotation split scored")
     p.add_argument("--out", default=None, help="directory for eval.json and confusion_matrix.png "
-                                              "(default: beside the checkpoint)")
+                                              "(default: beside the checkpoint); detector / segmenter: "
+                                              "metrics.json and drawn predictions (default: eval/ beside it)")
     p.set_defaults(func=_cmd_eval)
 
 
@@ -92,8 +96,12 @@ def _cmd_eval(args) -> int:
     from .data import open_dataset, plain_warnings
     from .runtime import tune_allocator
     plain_warnings()
+    from .task_inference import cmd_eval, task_of
     from .weights import load_model
     tune_allocator()
+    if task_of(args.checkpoint):
+        return cmd_eval(args)
+    args.batch_size = 256 if args.batch_size is None else args.batch_size
     if args.batch_size < 1:
         raise MobileNetsError(f"--batch-size {args.batch_size}: allowed: integer >= 1")
     model, meta = load_model(args.checkpoint)

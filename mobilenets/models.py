@@ -143,6 +143,12 @@ def model_defaults(name: str) -> dict:
     return dict(_get(name)[1])
 
 
+def model_task(name: str) -> str:
+    """What a registered model does: "classification", or the `task` its class declares
+    ("detection", "segmentation")."""
+    return getattr(_get(name)[0], "task", "classification")
+
+
 def _get(name: str):
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)

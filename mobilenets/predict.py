@@ -30,9 +30,15 @@ class Predictor:
         if backend is None:
             raise MobileNetsError(f"{self.path}: unknown model file type; allowed: "
                                   + ", ".join(sorted(BACKENDS)))
+        from .task_inference import task_of
+        task = task_of(self.path)
         self.topk = topk
-        self.backend = backend(self.path, threads)
-        self.meta = self.backend.meta
+        self.backend = None if task else backend(self.path, threads)
+        self.meta = self.backend.meta if self.backend else {}
+        task = task or self.meta.get("task")
+        if task:
+            raise MobileNetsError(f"{self.path}: a {task} model, not a classifier; use "
+                                  "mobilenets.task_inference.predict_image (`mobilenets predict FILE IMAGE --out PNG`)")
         pre = self.meta["preprocessing"]
         self.input_shape = [int(pre["in_chans"]), int(pre["resolution"]), int(pre["resolution"])]
         self.classes = self.meta.get("classes")
@@ -115,16 +121,26 @@ class Predictor:
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("predict", help="top-k classes of images with any saved model form")
+    p = sub.add_parser("predict", help="top-k classes of images with any saved model form; boxes or "
+                                        "masks drawn for a detector / segmenter")
     p.add_argument("model", help=".safetensors, .onnx (fp32/int8), .pt2 or TorchScript (.ts/.pt) file")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--out", default=None, help="detector / segmenter: the PNG drawn (one image) or a folder "
+                                               "for IMAGE_pred.png files (default: the current folder)")
+    p.add_argument("--min-score", type=float, default=0.3, help="detector: the lowest score shown")
     p.set_defaults(func=_cmd_predict)
 
 
 def _cmd_predict(args) -> int:
     """One line per file, starting with its name; exit 0 if any file was predicted."""
+    from .task_inference import cmd_predict, task_of
+    if task_of(args.model):
+        return cmd_predict(args)
+    if args.out is not None:
+        raise MobileNetsError(f"--out draws boxes or masks; {args.model} is not a detection or "
+                              "segmentation weights file")
     if args.topk < 1:
         raise MobileNetsError(f"--topk {args.topk}: allowed: integer >= 1")
     results = Predictor(args.model, topk=args.topk).predict_files(args.images)

@@ -17,14 +17,15 @@ def detect_dataset(model, loader, score_threshold: float = 0.01) -> list[dict]:
     """Detections of every image of a `CocoDetection` loader, in COCO result format and in the
     image's original pixels."""
     model.eval()
+    device = next(model.parameters()).device
     category_ids = loader.dataset.category_ids
     results = []
     for images, targets in loader:
         size = images.shape[-2:]
-        for det, target in zip(model.detect(images, score_threshold=score_threshold), targets):
+        for det, target in zip(model.detect(images.to(device), score_threshold=score_threshold), targets):
             oh, ow = target["orig_size"]
             scale = torch.tensor([ow / size[1], oh / size[0]] * 2)
-            boxes = det["boxes"] * scale
+            boxes = det["boxes"].float().cpu() * scale
             for box, score, label in zip(boxes.tolist(), det["scores"].tolist(), det["labels"].tolist()):
                 results.append({"image_id": target["image_id"], "category_id": category_ids[label],
                                 "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
@@ -80,10 +81,12 @@ def segment_dataset(model, loader, num_classes: int, predict=None) -> torch.Tens
     """Confusion matrix of a segmentation model over a `VOCSegmentation` loader; `predict`
     (model, images) -> per-class scores replaces a plain forward (e.g. multi-scale inference)."""
     model.eval()
+    device = next(model.parameters()).device
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     for images, masks in loader:
+        images = images.to(device)
         scores = predict(model, images) if predict else model(images)
-        confusion += confusion_matrix(scores.argmax(1), masks, num_classes)
+        confusion += confusion_matrix(scores.argmax(1).cpu(), masks, num_classes)
     return confusion
 
 
@@ -103,6 +106,9 @@ def draw_detections(image: torch.Tensor, det: dict, classes: list[str], path: st
                     min_score: float = 0.3) -> None:
     """Boxes with class and score over a uint8 (3, H, W) image, written as PNG."""
     keep = det["scores"] >= min_score
+    if not keep.any():   # torchvision warns on an empty box list
+        _save_png(path, image)
+        return
     labels = det["labels"][keep].tolist()
     colours = _palette(len(classes))
     text = [f"{classes[k]} {s:.2f}" for k, s in zip(labels, det["scores"][keep].tolist())]

@@ -1,8 +1,10 @@
 """`mobilenets train`: recipes, the training loop, checkpoints that resume exactly, run reports.
 
-A run directory holds best.safetensors (best validation top-1), last.pt (the whole training
-state: tensors and primitives only, so `torch.load(weights_only=True)` reads it), metrics.jsonl
-(one object per epoch), training_curve.png and, at the end, report.json.
+One loop trains every task (`tasks.py`: classification, detection, segmentation); the task
+supplies data, loss and evaluation. A run directory holds best.safetensors (best value of the
+task's metric: top-1, AP50, mIoU), last.pt (the whole training state: tensors and primitives
+only, so `torch.load(weights_only=True)` reads it), metrics.jsonl (one object per epoch),
+training_curve.png and, at the end, report.json.
 """
 from __future__ import annotations
 
@@ -18,18 +20,23 @@ import torch
 from torch import nn
 
 from . import distributed
-from .data import Augment, open_dataset
+from .data import Augment
 from .errors import MobileNetsError
-from .evaluate import evaluate
 from .io import atomic_path, atomic_write_text
+from .tasks import TRAIN_TASKS, open_task, record_keys
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 CHECKPOINT_FORMAT = "mobilenets-train/1"
 # Recipe keys that describe the model: a resumed run must agree on them.
-MODEL_KEYS = ("model", "width_mult", "small_input", "in_chans", "dropout", "model_options")
+MODEL_KEYS = ("task", "model", "width_mult", "small_input", "in_chans", "dropout", "model_options")
+# Settings of classification's augmentation and loss; detection and segmentation augment with
+# `coco_voc`'s fixed box- and mask-aware transforms, so other values there are refused.
+CLASSIFICATION_ONLY = ("small_input", "label_smoothing", "hflip", "scale", "crop_padding", "erasing",
+                       "auto_augment")
 DEFAULTS = {
-    "model": "mobilenet_v2", "width_mult": None, "small_input": False, "in_chans": None,
-    "dropout": None, "model_options": {}, "resolution": None, "data": "fashion-mnist", "data_dir": None,
+    "task": None, "model": "mobilenet_v2", "width_mult": None, "small_input": False, "in_chans": None,
+    "dropout": None, "model_options": {}, "resolution": None, "data": "fashion-mnist",
+    "data_dir": None,
     "val_fraction": 0.1, "workers": 0, "seed": 0, "epochs": 20, "batch_size": 128,
     "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "rmsprop_decay": 0.9,
     "eps": 1e-8, "weight_decay": 4e-5, "wd_norm_bias": False, "schedule": "cosine",
@@ -128,13 +135,43 @@ def validate(cfg: dict) -> dict:
     if cfg["resolution"] is not None:
         need("resolution", integer("resolution") and cfg["resolution"] >= 8, "integer >= 8")
     Augment.from_config(cfg)
+    cfg["task"] = resolve_task(cfg.get("task"), cfg["model"])
+    if cfg["task"] != "classification":
+        for key in CLASSIFICATION_ONLY:
+            if cfg[key] != DEFAULTS[key]:
+                raise MobileNetsError(f"{key}={cfg[key]!r} applies to classification only; {cfg['task']} "
+                                      f"augments with coco_voc.{cfg['task']}_transforms")
+        need("in_chans", cfg["in_chans"] in (None, 3), f"3 ({cfg['task']} reads RGB images)")
     return cfg
+
+
+def resolve_task(task: str | None, model: str) -> str:
+    """The task of `model` (None: whatever it does); one line when the two disagree."""
+    from .models import list_models, model_task
+    if task is not None and task not in TRAIN_TASKS:
+        raise MobileNetsError(f"task={task!r} is invalid; allowed: {', '.join(TRAIN_TASKS)}")
+    own = model_task(model)
+    if task is not None and task != own:
+        fitting = [m for m in list_models() if model_task(m) == task]
+        shown = ", ".join(fitting[:4]) + (", …" if len(fitting) > 4 else "")
+        raise MobileNetsError(f"--model {model} is a {own} model, not a {task} one; {task} models: {shown}")
+    return own
+
+
+def default_recipe(task: str | None, model: str | None, data: str | None) -> str:
+    """detection / segmentation for those tasks (named, or implied by the model); for
+    classification fashion-mnist on Fashion-MNIST, modern otherwise."""
+    from .models import model_task
+    task = task or (model_task(model) if model else "classification")
+    if task != "classification":
+        return task
+    return "fashion-mnist" if (data or "fashion-mnist").lower() in ("fashion-mnist", "fashion_mnist",
+                                                                      "fmnist") else "modern"
 
 
 def resolve_config(args: argparse.Namespace, explicit: dict) -> dict:
     """defaults < recipe < --set < named flags."""
-    recipe_name = args.recipe or ("fashion-mnist" if (args.data or "fashion-mnist").lower()
-                                  in ("fashion-mnist", "fashion_mnist", "fmnist") else "modern")
+    recipe_name = args.recipe or default_recipe(explicit.get("task"), explicit.get("model"), args.data)
     cfg = {**DEFAULTS, **load_recipe(recipe_name), **parse_set(args.set), **explicit}
     cfg["recipe"] = recipe_name
     return cfg
@@ -202,25 +239,31 @@ def ema_update(decay: float):
 
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion, optimizer,
                scaler=None, amp_dtype=None, clip_grad: float = 0.0):
-    """One optimisation step (forward, backward, optimizer); returns (logits, loss). The
-    throughput benchmark times exactly this for every contender."""
+    """One classification step (forward, backward, optimizer); returns (logits, loss). The
+    throughput benchmark times this for every contender; the trainer runs the same two parts
+    with the task's loss."""
     with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         logits = model(x)
         loss = criterion(logits.float(), y)
+    optimizer_step(model, loss, optimizer, scaler, clip_grad)
+    return logits, loss
+
+
+def optimizer_step(model: nn.Module, loss: torch.Tensor, optimizer, scaler=None, clip_grad: float = 0.0) -> None:
+    """Backward pass of `loss` and one optimizer step (through the fp16 grad scaler if enabled)."""
     optimizer.zero_grad(set_to_none=True)
-    if scaler is None:
+    if scaler is None or not scaler.is_enabled():
         loss.backward()
         if clip_grad:
             nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
         optimizer.step()
-        return logits, loss
+        return
     scaler.scale(loss).backward()
     if clip_grad:
         scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
     scaler.step(optimizer)
     scaler.update()
-    return logits, loss
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,7 +328,8 @@ def _truncate_metrics(path: Path, epochs_done: int) -> None:
         atomic_write_text(path, "".join(ln + "\n" for ln in lines))
 
 
-def plot_curves(metrics_path: Path, png: Path) -> None:
+def plot_curves(metrics_path: Path, png: Path, keys=("train_top1", "val_top1")) -> None:
+    """Losses on the left, the metrics.jsonl entries `keys` on the right."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -294,12 +338,13 @@ def plot_curves(metrics_path: Path, png: Path) -> None:
         return
     ep = [r["epoch"] for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(ep, [r["train_loss"] for r in rows], "o-", label="train")
-    a.plot(ep, [r["val_loss"] for r in rows], "o-", label="val")
+    for key in ("train_loss", "val_loss"):
+        if key in rows[0]:
+            a.plot(ep, [r[key] for r in rows], "o-", label=key.removesuffix("_loss"))
     a.set_xlabel("epoch"), a.set_ylabel("loss"), a.legend(), a.grid(alpha=0.3)
-    b.plot(ep, [r["train_top1"] for r in rows], "o-", label="train top-1")
-    b.plot(ep, [r["val_top1"] for r in rows], "o-", label="val top-1")
-    b.set_xlabel("epoch"), b.set_ylabel("accuracy"), b.legend(), b.grid(alpha=0.3)
+    for key in keys:
+        b.plot(ep, [r[key] for r in rows], "o-", label=key.replace("_", " "))
+    b.set_xlabel("epoch"), b.set_ylabel("score"), b.legend(), b.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
@@ -356,28 +401,13 @@ def _run(cfg, out, ckpt, ctx, progress, create_model, profile) -> dict:
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
 
-    aug = Augment.from_config(cfg)
-    ds = open_dataset(cfg["data"], cfg["resolution"], aug, cfg["data_dir"], cfg["in_chans"],
-                      cfg["val_fraction"], seed, cfg["workers"], cfg["strict"])
-    if cfg["limit_train"]:
-        ds.train = ds.train.subset(cfg["limit_train"], seed)
-    if cfg["limit_val"]:
-        ds.val = ds.val.subset(cfg["limit_val"], seed)
+    task = open_task(cfg)
     # Architecture options (e.g. proj_act) go into the model's kwargs, so the weights files
     # name a base model plus options and load in any process, not a process-local variant.
-    kwargs = {**cfg["model_options"], "num_classes": len(ds.classes), "in_chans": ds.in_chans}
-    if cfg["width_mult"] is not None:
-        kwargs["width_mult"] = cfg["width_mult"]
-    if cfg["small_input"]:
-        kwargs["small_input"] = True
-    if cfg["dropout"] is not None:
-        kwargs["dropout"] = cfg["dropout"]
+    kwargs = {**cfg["model_options"], **task.model_kwargs(cfg)}
     model = create_model(cfg["model"], **kwargs)
-    stride = model.arch.total_stride
-    if ds.resolution < stride:
-        # 28 px images through a stride-32 network: upsample to the smallest size it accepts.
-        ds.resolution = ds.train.resolution = ds.val.resolution = stride
-    prof = profile(model, ds.resolution)
+    task.adapt(model)
+    prof = profile(model, task.resolution)
 
     dev = ctx.device
     memory_format = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
@@ -396,20 +426,19 @@ def _run(cfg, out, ckpt, ctx, progress, create_model, profile) -> dict:
         model = torch.compile(model)
 
     bs = cfg["batch_size"]
-    steps_per_epoch = ds.train.num_steps(bs, ctx.world)
+    steps_per_epoch = task.train.num_steps(bs, ctx.world)
     if steps_per_epoch < 1:
         raise MobileNetsError(f"batch_size={bs} x {ctx.world} process(es) is larger than the "
-                              f"{len(ds.train)} training images")
+                              f"{len(task.train)} training images")
     optimizer = build_optimizer(raw, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg["amp"])
     if amp_dtype is torch.float16 and dev.type != "cuda":
         raise MobileNetsError("amp=fp16 needs a CUDA device; on CPU use amp=bf16")
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype is torch.float16)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
 
     epoch, step_in_epoch, global_step, best, best_epoch, train_seconds = 0, 0, 0, -1.0, 0, 0.0
-    partial = {"loss_sum": 0.0, "correct": 0, "seen": 0}
+    partial = {"loss_sum": 0.0, "seen": 0}   # sums over the epoch so far, and the task's own
     if ckpt is not None:
         raw.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -419,11 +448,13 @@ def _run(cfg, out, ckpt, ctx, progress, create_model, profile) -> dict:
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         epoch, step_in_epoch, global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
-        best, best_epoch, train_seconds = ckpt["best_top1"], ckpt["best_epoch"], ckpt["train_seconds"]
+        # Checkpoints before the trainer ran other tasks called the best value best_top1.
+        best = ckpt["best_metric"] if "best_metric" in ckpt else ckpt["best_top1"]
+        best_epoch, train_seconds = ckpt["best_epoch"], ckpt["train_seconds"]
         partial = dict(ckpt["partial"])
         _set_rng_state(ckpt["rng"], dev)
 
-    preprocessing = ds.preprocessing()
+    preprocessing = task.preprocessing()
     metrics_path = out / "metrics.jsonl"
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -432,29 +463,31 @@ def _run(cfg, out, ckpt, ctx, progress, create_model, profile) -> dict:
         elif metrics_path.exists():
             metrics_path.unlink()
         atomic_write_text(out / "config.json", json.dumps(cfg, indent=2) + "\n")
-        if ds.skipped:
-            print(f"skipped {len(ds.skipped)} unreadable image file(s) (listed in report.json)",
+        if task.skipped:
+            print(f"skipped {len(task.skipped)} unreadable image file(s) (listed in report.json)",
                   file=sys.stderr)
     tb = _tensorboard(out) if ctx.main else None
 
     def state(epoch_now: int, step_now: int) -> dict:
         return {"format": CHECKPOINT_FORMAT, "model": cfg["model"], "model_kwargs": dict(kwargs),
-                "config": cfg, "classes": ds.classes, "preprocessing": preprocessing,
+                "config": cfg, "classes": task.classes, "preprocessing": preprocessing,
                 "epoch": epoch_now, "step_in_epoch": step_now, "global_step": global_step,
                 "state_dict": _plain_state(raw), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "rng": _rng_state(dev), "best_top1": best, "best_epoch": best_epoch,
+                "rng": _rng_state(dev), "best_metric": best, "best_epoch": best_epoch,
                 "train_seconds": train_seconds + (time.perf_counter() - t_start),
-                "partial": dict(partial), "skipped": ds.skipped}
+                "partial": dict(partial), "skipped": task.skipped}
 
     def checkpoint(epoch_now: int, step_now: int) -> None:
         if ctx.main:
             save_checkpoint(out / "last.pt", state(epoch_now, step_now))
 
+    def evaluate_now() -> dict:
+        return task.evaluate_split(ema.module if ema is not None else raw, bs, ctx, memory_format, amp_dtype)
+
     total_steps = cfg["epochs"] * steps_per_epoch
     t_start = time.perf_counter()
-    steps_this_session = 0
     last_val = None
     bar = None
     from tqdm import tqdm
@@ -466,18 +499,19 @@ def _run(cfg, out, ckpt, ctx, progress, create_model, profile) -> dict:
                        disable=not (progress and ctx.main), leave=False, dynamic_ncols=True,
                        mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
             seen_epoch_start = partial["seen"]
-            for x, y in ds.train.batches(bs, seed, epoch, ctx.rank, ctx.world, start_step=step_in_epoch):
-                x = x.to(dev, non_blocking=True, memory_format=memory_format)
-                y = y.to(dev, non_blocking=True)
-                logits, loss = train_step(model, x, y, criterion, optimizer, scaler, amp_dtype,
-                                          cfg["clip_grad"])
+            for batch in task.train.batches(bs, seed, epoch, ctx.rank, ctx.world, start_step=step_in_epoch):
+                batch = task.to_device(batch, dev, memory_format)
+                n = len(batch[0])
+                with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    loss, sums = task.train_loss(model, batch)
+                optimizer_step(model, loss, optimizer, scaler, cfg["clip_grad"])
                 scheduler.step()
                 if ema is not None:
                     ema.update_parameters(raw)
-                stats = torch.stack([loss.detach().float() * len(y), (logits.argmax(1) == y).sum().float(),
-                                     torch.tensor(float(len(y)), device=dev)])
+                stats = torch.stack([loss.detach().float() * n, torch.tensor(float(n), device=dev),
+                                     *(torch.as_tensor(v, device=dev).float() for v in sums.values())])
                 distributed.all_reduce_sum(stats, ctx)
-                step_loss = stats[0].item() / stats[2].item()
+                step_loss = stats[0].item() / stats[1].item()
                 if not math.isfinite(step_loss):
                     kept = (f"{out / 'last.pt'} (epoch {_checkpoint_epoch(out)})" if (out / "last.pt").exists()
                             else "none (no epoch finished)")
@@ -485,11 +519,11 @@ def _run(cfg, out, ckpt, ctx, progress, create_model, profile) -> dict:
                                           f"training stopped; last good checkpoint: {kept}; lower --lr "
                                           "or add warm-up / clip_grad")
                 partial["loss_sum"] += stats[0].item()
-                partial["correct"] += int(stats[1].item())
-                partial["seen"] += int(stats[2].item())
+                partial["seen"] += int(stats[1].item())
+                for k, v in zip(sums, stats[2:].tolist()):
+                    partial[k] = partial.get(k, 0) + v
                 step_in_epoch += 1
                 global_step += 1
-                steps_this_session += 1
                 if ctx.main and cfg["log_every"] and global_step % cfg["log_every"] == 0:
                     _append_jsonl(out / "steps.jsonl", {"step": global_step, "epoch": epoch + 1,
                                                         "loss": step_loss,
@@ -504,38 +538,33 @@ def _run(cfg, out, ckpt, ctx, progress, create_model, profile) -> dict:
                 bar.update(1)
             bar.close()
             epoch_seconds = time.perf_counter() - t_epoch
-            evaluated = ema.module if ema is not None else raw
-            val = evaluate(evaluated, ds.val, bs, ctx, len(ds.classes), memory_format, amp_dtype)
+            val = evaluate_now()
             last_val = val
             epoch += 1
-            record = {"epoch": epoch, "train_loss": partial["loss_sum"] / max(partial["seen"], 1),
-                      "train_top1": partial["correct"] / max(partial["seen"], 1),
-                      "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
+            seen = partial["seen"]
+            sums = {k: v for k, v in partial.items() if k not in ("loss_sum", "seen")}
+            record = {"epoch": epoch, "train_loss": partial["loss_sum"] / max(seen, 1),
+                      **task.train_record(sums, seen), **task.record(val),
                       "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": round(epoch_seconds, 2),
-                      "img_per_s": round((partial["seen"] - seen_epoch_start) / max(epoch_seconds, 1e-9), 1)}
-            partial = {"loss_sum": 0.0, "correct": 0, "seen": 0}
+                      "img_per_s": round((seen - seen_epoch_start) / max(epoch_seconds, 1e-9), 1)}
+            partial = {"loss_sum": 0.0, "seen": 0}
             step_in_epoch = 0
-            if val["top1"] > best:
-                best, best_epoch = val["top1"], epoch
+            if val["metric"] > best:
+                best, best_epoch = val["metric"], epoch
                 if ctx.main:
-                    from .weights import save_weights
-                    save_weights(out / "best.safetensors", evaluated,
-                                 {"classes": ds.classes, "preprocessing": preprocessing,
-                                  "top1": val["top1"], "top5": val["top5"], "epoch": epoch,
-                                  "source": f"mobilenets train, recipe {cfg['recipe']}, data {ds.name}"})
+                    task.save_best(out / "best.safetensors", ema.module if ema is not None else raw, val, epoch,
+                                   f"mobilenets train, recipe {cfg['recipe']}, data {task.data_name}")
             if ctx.main:
                 _append_jsonl(metrics_path, record)
                 checkpoint(epoch, 0)
-                plot_curves(metrics_path, out / "training_curve.png")
+                plot_curves(metrics_path, out / "training_curve.png", task.plot_keys)
                 if tb is not None:
                     for k, v in record.items():
                         if k != "epoch":
                             tb.add_scalar(k, v, epoch)
                 if progress:
-                    print(f"epoch {epoch}/{cfg['epochs']}  train loss {record['train_loss']:.4f} "
-                          f"top1 {record['train_top1']:.4f}  val loss {val['loss']:.4f} top1 {val['top1']:.4f} "
-                          f"top5 {val['top5']:.4f}  {record['img_per_s']:.0f} img/s  {epoch_seconds:.0f} s",
-                          file=sys.stderr, flush=True)
+                    print(f"epoch {epoch}/{cfg['epochs']}  {task.describe(record)}  "
+                          f"{record['img_per_s']:.0f} img/s  {epoch_seconds:.0f} s", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
@@ -546,14 +575,13 @@ def _run(cfg, out, ckpt, ctx, progress, create_model, profile) -> dict:
         return {"interrupted": True, "epoch": epoch, "step_in_epoch": step_in_epoch}
     train_seconds += time.perf_counter() - t_start
     if last_val is None:  # resumed a finished run: evaluate what it holds
-        last_val = evaluate(ema.module if ema is not None else raw, ds.val, bs, ctx, len(ds.classes),
-                            memory_format, amp_dtype)
-    report = {"model": cfg["model"], "model_kwargs": kwargs, "recipe": cfg["recipe"], "data": ds.name,
-              "resolution": ds.resolution, "epochs": cfg["epochs"], "batch_size": bs,
-              "world_size": ctx.world, "top1": last_val["top1"], "top5": last_val["top5"],
-              "best_top1": best, "best_epoch": best_epoch, "train_seconds": round(train_seconds, 1),
-              "params": prof["params"], "madds": prof["madds"], "skipped_files": len(ds.skipped),
-              "skipped": ds.skipped, "classes": ds.classes}
+        last_val = evaluate_now()
+    report = {"model": cfg["model"], "model_kwargs": kwargs, "task": task.name, "recipe": cfg["recipe"],
+              "data": task.data_name, "resolution": task.resolution, "epochs": cfg["epochs"],
+              "batch_size": bs, "world_size": ctx.world, **task.report(last_val), "metric": task.metric,
+              f"best_{task.metric}": best, "best_epoch": best_epoch, "train_seconds": round(train_seconds, 1),
+              "params": prof["params"], "madds": prof["madds"], "skipped_files": len(task.skipped),
+              "skipped": task.skipped, "classes": task.classes}
     if ctx.main:
         atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
         if tb is not None:
@@ -575,7 +603,7 @@ def _plain_state(model: nn.Module) -> dict:
 # ---------------------------------------------------------------------------------------------
 # CLI
 
-NAMED_FLAGS = {"model": "model", "width_mult": "width_mult", "small_input": "small_input",
+NAMED_FLAGS = {"task": "task", "model": "model", "width_mult": "width_mult", "small_input": "small_input",
                "data": "data", "data_dir": "data_dir", "epochs": "epochs",
                "batch_size": "batch_size", "lr": "lr", "seed": "seed", "workers": "workers",
                "strict": "strict", "amp": "amp", "compile": "compile", "sync_bn": "sync_bn",
@@ -583,20 +611,26 @@ NAMED_FLAGS = {"model": "model", "width_mult": "width_mult", "small_input": "sma
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("train", help="train a MobileNet on Fashion-MNIST or an image folder")
-    p.add_argument("--model", default=None, help="registered model name (default mobilenet_v2)")
+    p = sub.add_parser("train", help="train a classifier (Fashion-MNIST, image folder), a detector "
+                                      "(COCO folder) or a segmenter (VOC folder)")
+    p.add_argument("--task", choices=TRAIN_TASKS, default=None,
+                   help="default: what --model does (classification for mobilenet_v2)")
+    p.add_argument("--model", default=None, help="registered model name (default mobilenet_v2; "
+                                                 "the detection / segmentation recipe's for --task)")
     p.add_argument("--width-mult", type=float, default=None, help="width multiplier α")
     p.add_argument("--small-input", action="store_true", default=None,
                    help="total stride 8 instead of 32, for 28–32 px images")
     p.add_argument("--in-chans", type=int, default=None, help="1 (grayscale) or 3")
-    p.add_argument("--data", default=None, help="'fashion-mnist' or an ImageFolder directory")
+    p.add_argument("--data", default=None, help="'fashion-mnist' or an ImageFolder directory; a COCO "
+                                                "folder for detection, a VOC folder for segmentation")
     p.add_argument("--data-dir", default=None, help="where the Fashion-MNIST idx files are")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="per process")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate")
     p.add_argument("--recipe", default=None,
-                   help=f"recipe name ({', '.join(list_recipes())}) or a JSON file; default "
-                        "fashion-mnist for Fashion-MNIST, modern otherwise")
+                   help=f"recipe name ({', '.join(list_recipes())}) or a JSON file; default: the "
+                        "task's (detection, segmentation), else fashion-mnist for Fashion-MNIST, "
+                        "modern otherwise")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any recipe value, e.g. --set label_smoothing=0.1")
     p.add_argument("--seed", type=int, default=None)
@@ -637,6 +671,7 @@ def _cmd_train(args) -> int:
         return 1
     if report.get("interrupted"):
         return 130
-    print(json.dumps({k: report[k] for k in ("model", "epochs", "top1", "top5", "train_seconds",
-                                             "params", "madds", "skipped_files")}))
+    shown = ("model", "task", "epochs", *record_keys(report["task"]), "train_seconds", "params", "madds",
+             "skipped_files")
+    print(json.dumps({k: report[k] for k in shown}))
     return 0

@@ -70,13 +70,7 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     except (SafetensorError, OSError, ValueError) as e:
         raise MobileNetsError(f"{path}: not a safetensors file nor a torch checkpoint "
                               f"({str(e).splitlines()[0]})") from None
-    meta = {}
-    for k, v in raw.items():
-        try:
-            meta[k] = json.loads(v)
-        except json.JSONDecodeError:
-            meta[k] = v
-    return state, meta
+    return state, _decode_metadata(raw)
 
 
 def read_torch_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
@@ -145,6 +139,28 @@ def resolve_weights(ref: str | os.PathLike) -> Path:
     return dest
 
 
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The JSON-decoded metadata of a safetensors file, read from its header alone; {} for any
+    other file (loading it reports what is wrong)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError):
+        return {}
+    return _decode_metadata(raw)
+
+
+def _decode_metadata(raw: dict) -> dict:
+    """safetensors metadata holds strings; ours are JSON values (others are kept as given)."""
+    meta = {}
+    for k, v in raw.items():
+        try:
+            meta[k] = json.loads(v)
+        except json.JSONDecodeError:
+            meta[k] = v
+    return meta
+
+
 def saved_options(path: str | os.PathLike, family: str | None) -> dict:
     """The model options a weights file was saved with, if it holds a model of `family`.
 
@@ -153,13 +169,11 @@ def saved_options(path: str | os.PathLike, family: str | None) -> dict:
     create_model(name, pretrained=...) therefore builds with them.
     """
     from .models import model_defaults
+    meta = read_metadata(path)
+    saved, kwargs = meta.get("model"), meta.get("model_kwargs", {})
     try:
-        with safe_open(str(path), "pt") as f:
-            raw = f.metadata() or {}
-        saved = json.loads(raw.get("model", "null"))
-        kwargs = json.loads(raw.get("model_kwargs", "{}"))
         defaults = model_defaults(saved)
-    except (SafetensorError, OSError, ValueError, TypeError, MobileNetsError):
+    except (TypeError, MobileNetsError):
         return {}  # not our format (or an unknown model): loading reports what is wrong
     if family is None or defaults.pop("family", None) != family or not isinstance(kwargs, dict):
         return {}

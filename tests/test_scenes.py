@@ -139,3 +139,52 @@ def test_voc_mask_size_mismatch_skipped(scenes, tmp_path):
     with pytest.warns(UserWarning, match=r"skipped 1 images, mask size differs from image \(first: val_000001"):
         seg = VOCSegmentation(root, "val")
     assert len(seg) == 3
+
+
+def test_annotations_pycocotools_cannot_index_are_dropped(tmp_path):
+    anns = [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [2, 3, 10, 8]},
+            {"image_id": 1, "category_id": 5, "bbox": [2, 3, 10, 8]},                 # no id
+            {"id": 3, "image_id": 7, "category_id": 5, "bbox": [2, 3, 10, 8]},        # no such image
+            {"id": 4, "image_id": 2, "category_id": 9, "bbox": [1, 1, 4, 4], "iscrowd": 1},
+            "not an object"]
+    with pytest.warns(UserWarning, match=r"dropped 3 of 5 boxes \(1 unknown image id, 2 malformed\)"):
+        ds = CocoDetection(_write_coco(tmp_path, anns), tmp_path / "images")
+    # the crowd region is not a training box (COCOeval ignores it too); its image stays
+    assert [ds[i][1]["boxes"].shape[0] for i in range(len(ds))] == [1, 0]
+
+
+@pytest.mark.parametrize("images, match", [
+    ([{"id": 1, "file_name": "a.jpg", "width": 40}], r"ann.json: images\[0\] has no 'height'"),
+    ([{"file_name": "a.jpg", "width": 40, "height": 30}], r"ann.json: images\[0\] has no 'id'"),
+])
+def test_image_entries_without_required_keys_one_line(tmp_path, images, match):
+    with pytest.raises(MobileNetsError, match=match) as e:
+        CocoDetection(_write_coco(tmp_path, [], images), tmp_path / "images")
+    assert "\n" not in str(e.value)
+
+
+def test_unreadable_image_files_skipped_with_count(tmp_path):
+    path = _write_coco(tmp_path, [{"id": 1, "image_id": 2, "category_id": 5, "bbox": [2, 3, 10, 8]}])
+    (tmp_path / "images/a.jpg").write_bytes(b"not a jpeg")
+    with pytest.warns(UserWarning, match=r"skipped 1 images whose files are missing or unreadable .*first: a\.jpg"):
+        ds = CocoDetection(path, tmp_path / "images")
+    assert ds.ids == [2] and ds[0][1]["boxes"].shape == (1, 4)
+
+
+def test_voc_masks_with_unknown_classes_or_colours(scenes, tmp_path):
+    import shutil
+    root = tmp_path / "voc"
+    shutil.copytree(scenes / "voc", root)
+    k = len((root / "classes.txt").read_text().splitlines())       # 11 classes
+    mask = np.array(Image.open(root / "SegmentationClass/val_000000.png"))
+    mask[:4, :4] = 40                                                # no class 40
+    Image.fromarray(mask, "L").save(root / "SegmentationClass/val_000000.png")
+    Image.new("RGB", (64, 64), (128, 0, 0)).save(root / "SegmentationClass/val_000001.png")
+    with pytest.warns(UserWarning) as caught:
+        seg = VOCSegmentation(root, "val")
+    text = " | ".join(str(w.message) for w in caught)
+    assert "skipped 1 images, mask is not an index image (first: val_000001 (mode RGB))" in text
+    assert f"1 masks hold class indices beyond the {k} classes (first: val_000000)" in text
+    assert len(seg) == 3
+    _, target = seg[0]
+    assert (target[:4, :4] == 255).all() and target.max() == 255 and target[target != 255].max() < k
