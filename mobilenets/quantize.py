@@ -114,7 +114,7 @@ def quantize_checkpoint(model: torch.nn.Module, meta: dict, out: str | os.PathLi
         summary["qat"] = extra["qat"] = qat_info
     with tempfile.TemporaryDirectory(prefix="mobilenets-quant-") as tmpdir:
         fp32 = Path(tmpdir) / "fp32.onnx"
-        export(model, fp32, "onnx", meta)
+        export(model, fp32, "onnx", meta, check_inputs=calib[:3])
         quantize_onnx(fp32, out, calib, method=method, extra_meta=extra)
         if eval_size and data == "fashion-mnist":
             images, labels = load_images(data, pre, "test")
