@@ -122,13 +122,17 @@ def _ort_call(path, threads):
     return make
 
 
-def _compiled_call(fused):
+def compile_frozen(module: torch.nn.Module):
+    """`torch.compile` (inductor) with freezing, static shapes: one graph per batch size."""
     import torch._inductor.config as inductor_config
     # Freezing lets inductor constant-fold the (already BN-folded) weights and prepack them for
     # oneDNN; it is off by default.
     inductor_config.freezing = True
-    compiled = torch.compile(fused, dynamic=False)
-    return _torch_call(compiled)
+    return torch.compile(module, dynamic=False)
+
+
+def _compiled_call(fused):
+    return _torch_call(compile_frozen(fused))
 
 
 def benchmark_model(spec: str, resolution: int | None = None, calib_size: int = 64,
