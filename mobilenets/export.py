@@ -9,6 +9,7 @@ export or check leaves no file behind.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import warnings
@@ -26,8 +27,19 @@ SUFFIXES = {"onnx": ".onnx", "torchscript": ".ts", "pt2": ".pt2"}
 METADATA_KEY = "mobilenets.json"
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 MAX_BATCH = 4096
-# float32 through ~60 layers: reordered sums differ by ~1e-6 relative; 1e-4 catches real errors.
+# The check compares an exported file with the exact answer (the same model run in float64) and
+# allows it what float32 costs on this model and input: max(EXPORT_RTOL, FP32_NOISE_FACTOR ×
+# PyTorch float32's own error), at most EXPORT_MAX_RTOL; an error is max |Δ| / max |exact|.
+# Well-conditioned models (V1, V2, trained ones) are ~1e-6 off in float32 and keep EXPORT_RTOL.
+# A V3 whose BN statistics come from Fashion-MNIST is not, on Gaussian inputs: activations reach
+# ~1e4, squeeze-excite gates amplify rounding ~1000×, and PyTorch float32 itself is up to 1e-3
+# from float64. ONNX Runtime's per-layer errors are the same size, but its amplified total was
+# 0.3–3.2× PyTorch's on bench's V3 models and 14× on one made 30× worse (docs/deploy.md).
+# A swapped activation that the inputs exercise is 4e-2 off or more; past EXPORT_MAX_RTOL the
+# check could no longer tell such a bug from rounding, so it refuses rather than passes.
 EXPORT_RTOL = 1e-4
+FP32_NOISE_FACTOR = 16
+EXPORT_MAX_RTOL = 1e-2
 
 
 def preprocessing_of(model: nn.Module, meta: dict | None = None) -> dict:
@@ -75,13 +87,29 @@ def example_input(meta: dict, batch: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, *meta["input_shape"], generator=g)
 
 
-def _check_close(name: str, ref: torch.Tensor, got, path: Path) -> float:
-    got = torch.as_tensor(got)
-    err = ((got - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
-    if not err <= EXPORT_RTOL:
-        raise MobileNetsError(f"{path}: {name} export differs from PyTorch by {err:.2e} "
-                              f"(relative, allowed {EXPORT_RTOL:g}); file not written")
-    return err
+def _rel_error(got, ref64: torch.Tensor) -> float:
+    """max |got − ref| over max |ref|: the largest error relative to the largest logit."""
+    diff = (torch.as_tensor(got).double() - ref64).abs().max()
+    return (diff / ref64.abs().max().clamp_min(1e-300)).item()
+
+
+class _Reference:
+    """The exact answer on the check's inputs (the model in float64) and PyTorch float32's own
+    error against it, which sets how far an exported file may be from it (see EXPORT_RTOL)."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor):
+        with torch.inference_mode():
+            self.exact = copy.deepcopy(model).eval().double()(x.double())
+            self.fp32_error = _rel_error(model.eval()(x), self.exact)
+        self.allowed = min(max(EXPORT_RTOL, FP32_NOISE_FACTOR * self.fp32_error), EXPORT_MAX_RTOL)
+
+    def check(self, name: str, got, path: Path) -> float:
+        err = _rel_error(got, self.exact)
+        if not err <= self.allowed:
+            raise MobileNetsError(
+                f"{path}: {name} export is {err:.2e} from the float64 reference (relative; allowed "
+                f"{self.allowed:.1e}, PyTorch float32 is {self.fp32_error:.1e}); file not written")
+        return err
 
 
 def onnx_metadata(path: str | os.PathLike) -> dict:
@@ -156,11 +184,17 @@ def ort_session(path: str | os.PathLike, threads: int | None = None):
 
 
 def export(model: nn.Module, path: str | os.PathLike, fmt: str, meta: dict | None = None,
-           check: bool = True) -> dict:
+           check: bool = True, check_inputs: torch.Tensor | None = None) -> dict:
     """Write `model` (any mobilenets model; fused here) to `path` in `fmt`.
 
-    Returns {"path", "format", "max_rel_error"}; raises MobileNetsError when the export fails or
-    its outputs differ from PyTorch's by more than EXPORT_RTOL.
+    The file is run on `check_inputs` (preprocessed images; by default 3 unit-Gaussian ones): pass
+    real images where there are some, since only inputs like the model's data exercise its
+    activations where they bend.
+
+    Returns {"path", "format", "max_rel_error", "fp32_rel_error", "allowed_rel_error"}: the
+    file's and PyTorch float32's largest errors against the float64 model, relative to the
+    largest logit, and the bound (see EXPORT_RTOL); raises MobileNetsError when the export fails
+    or its error exceeds the bound.
     """
     if fmt not in FORMATS:
         raise MobileNetsError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
@@ -168,9 +202,10 @@ def export(model: nn.Module, path: str | os.PathLike, fmt: str, meta: dict | Non
     info = export_metadata(model, meta)
     fused = prepare_for_inference(model, channels_last=fmt != "onnx")
     x = example_input(info, batch=2)
-    x3 = example_input(info, batch=3, seed=1)   # a batch size the export never saw
-    with torch.inference_mode():
-        ref = model.eval()(x3)
+    x3 = example_input(info, batch=3, seed=1) if check_inputs is None else check_inputs
+    if len(x3) == len(x):
+        x3 = torch.cat([x3, x3[:1]])   # a batch size the export never saw
+    ref = _Reference(model, x3) if check else None
     err = float("nan")
     with atomic_path(path) as tmp:
         try:
@@ -178,7 +213,7 @@ def export(model: nn.Module, path: str | os.PathLike, fmt: str, meta: dict | Non
                 write_onnx(fused, tmp, info, x)
                 if check:
                     got = ort_session(tmp).run(None, {INPUT_NAME: x3.numpy()})[0]
-                    err = _check_close("ONNX", ref, got, path)
+                    err = ref.check("ONNX", got, path)
             elif fmt == "torchscript":
                 with torch.no_grad(), warnings.catch_warnings():
                     # TorchScript is deprecated upstream but still what C++/mobile runtimes load.
@@ -189,7 +224,7 @@ def export(model: nn.Module, path: str | os.PathLike, fmt: str, meta: dict | Non
                 if check:
                     with torch.inference_mode():
                         got = load_torchscript(tmp)[0](x3)
-                    err = _check_close("TorchScript", ref, got, path)
+                    err = ref.check("TorchScript", got, path)
             else:
                 batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
                 program = torch.export.export(fused, (x,), dynamic_shapes=({0: batch},))
@@ -199,13 +234,15 @@ def export(model: nn.Module, path: str | os.PathLike, fmt: str, meta: dict | Non
                 if check:
                     with open(tmp, "rb") as f, torch.inference_mode():
                         got = torch.export.load(f).module()(x3)
-                    err = _check_close("torch.export", ref, got, path)
+                    err = ref.check("torch.export", got, path)
         except MobileNetsError:
             raise
         except Exception as e:  # the exporters raise many types; one line, then no file
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
             raise MobileNetsError(f"{path}: {fmt} export failed ({type(e).__name__}: {first})") from None
-    return {"path": str(path), "format": fmt, "max_rel_error": err}
+    return {"path": str(path), "format": fmt, "max_rel_error": err,
+            "fp32_rel_error": ref.fp32_error if ref else float("nan"),
+            "allowed_rel_error": ref.allowed if ref else float("nan")}
 
 
 def add_commands(sub) -> None:
@@ -224,6 +261,8 @@ def _cmd_export(args) -> int:
     from .cli import model_kwargs
     model, meta = resolve_model(args.checkpoint, **model_kwargs(args))
     r = export(model, args.out, args.format, meta, check=not args.no_check)
-    check = "" if args.no_check else f"; max relative difference to PyTorch {r['max_rel_error']:.1e}"
+    check = "" if args.no_check else (f"; max relative error against the float64 model "
+                                      f"{r['max_rel_error']:.1e}, PyTorch float32's "
+                                      f"{r['fp32_rel_error']:.1e}")
     print(f"wrote {r['path']} ({args.format}, {os.path.getsize(r['path']) / 2**20:.1f} MiB{check})")
     return 0

@@ -1,13 +1,15 @@
 """int8 post-training static quantization with ONNX Runtime (QDQ, per-channel weights).
 
-Why ONNX Runtime: torch 2.14 no longer ships PT2E quantization (`quantize_pt2e`,
-`X86InductorQuantizer` moved to the torchao package) and the eager/FX flows are deprecated; ONNX
-Runtime's static quantizer is maintained, writes a portable file, and its int8 kernels (MLAS, with
-AVX-512 VNNI here) ran MobileNetV2 faster than torchao's PT2E + inductor path in our measurement
-(docs/deploy.md). The recipe: fold BN (done in the fp32 export), ONNX Runtime's quantization
-pre-processing (shape inference, graph optimisation), then static QDQ quantization with
-activation ranges from a calibration set: uint8 asymmetric activations, int8 symmetric
-per-output-channel weights (the U8S8 pair MLAS's VNNI kernels take).
+Why ONNX Runtime rather than PyTorch's PT2E flow (torchao's X86InductorQuantizer + inductor; torch
+2.14 no longer ships it, and its eager/FX flows are deprecated): measured head to head with the
+same recipe and calibration images (benchmarks/quantize_engines.py, docs/deploy.md), both keep
+Fashion-MNIST accuracy, ONNX Runtime is 2× faster at batch 1 and PT2E about 1.25× faster at batch
+32 on MobileNetV2; ONNX Runtime's file is portable and loads without compiling (PT2E needs
+torchao and an inductor compile per batch size in every process), which decides it. The recipe:
+fold BN (done in the fp32 export), ONNX Runtime's quantization pre-processing (shape inference,
+graph optimisation), then static QDQ quantization with activation ranges from a calibration set:
+uint8 asymmetric activations, int8 symmetric per-output-channel weights (the U8S8 pair MLAS's
+VNNI kernels take).
 """
 from __future__ import annotations
 
@@ -114,7 +116,7 @@ def quantize_checkpoint(model: torch.nn.Module, meta: dict, out: str | os.PathLi
         summary["qat"] = extra["qat"] = qat_info
     with tempfile.TemporaryDirectory(prefix="mobilenets-quant-") as tmpdir:
         fp32 = Path(tmpdir) / "fp32.onnx"
-        export(model, fp32, "onnx", meta)
+        export(model, fp32, "onnx", meta, check_inputs=calib[:3])
         quantize_onnx(fp32, out, calib, method=method, extra_meta=extra)
         if eval_size and data == "fashion-mnist":
             images, labels = load_images(data, pre, "test")
