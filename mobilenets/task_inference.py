@@ -17,7 +17,7 @@ from .coco_voc import read_rgb
 from .errors import MobileNetsError
 from .io import atomic_write_text
 from .task_metrics import denormalize, draw_detections, draw_segmentation
-from .tasks import TASKS, json_safe, build_task, record_keys
+from .tasks import TASKS, build_task, json_safe, record_keys
 from .weights import load_model, read_metadata, save_weights
 
 
