@@ -17,7 +17,7 @@ from .coco_voc import read_rgb
 from .errors import MobileNetsError
 from .io import atomic_write_text
 from .task_metrics import denormalize, draw_detections, draw_segmentation
-from .tasks import TASKS, _json_safe, build_task, record_keys
+from .tasks import TASKS, build_task, json_safe, record_keys
 from .weights import load_model, read_metadata, save_weights
 
 
@@ -63,7 +63,7 @@ def evaluate_checkpoint(path, data: str, split: str = "val", batch_size: int = 1
     if out:
         out = Path(out)
         saved = {"checkpoint": str(path), "model": meta.get("model"), "task": meta["task"], "data": str(data),
-                 "split": split, **{k: _json_safe(v) if isinstance(v, dict) else v for k, v in metrics.items()}}
+                 "split": split, **{k: json_safe(v) if isinstance(v, dict) else v for k, v in metrics.items()}}
         atomic_write_text(out / "metrics.json", json.dumps(saved, indent=2) + "\n")
         if len(dataset) and draw:
             images, _ = next(iter(DataLoader(dataset, batch_size=draw, collate_fn=task.collate)))

@@ -43,7 +43,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def _json_safe(values: dict) -> dict:
+def json_safe(values: dict) -> dict:
     """NaN (a class absent from the split) as null, which strict JSON readers accept."""
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in values.items()}
 
@@ -195,7 +195,7 @@ class _DenseTask:
             f"{k} {record['val_' + k]:.4f}" for k in self.record_keys)
 
     def report(self, val: dict) -> dict:
-        return {**{k: val[k] for k in self.record_keys}, self.per_class_key: _json_safe(val[self.per_class_key])}
+        return {**{k: val[k] for k in self.record_keys}, self.per_class_key: json_safe(val[self.per_class_key])}
 
     def save_best(self, path, model: nn.Module, val: dict, epoch: int, source: str) -> None:
         from .task_inference import save_task_weights
