@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -15,9 +16,11 @@ from .io import atomic_path, atomic_write_text
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, split, batch: int, ctx=None, num_classes: int | None = None,
-             memory_format=torch.channels_last, amp_dtype=None) -> dict:
+             memory_format=torch.channels_last, amp_dtype=None, flip: bool = False) -> dict:
     """Top-1/top-5 (fractions), mean cross-entropy and the confusion matrix (rows: true class).
-    Under torchrun each rank evaluates every world-th image and the counts are summed."""
+    `flip`: each image's class probabilities are the mean of it and its mirror image's (for
+    models trained with horizontal flips). Under torchrun each rank evaluates every world-th
+    image and the counts are summed."""
     ctx = ctx or distributed.Context()
     was_training = model.training
     model.eval()
@@ -31,6 +34,11 @@ def evaluate(model: torch.nn.Module, split, batch: int, ctx=None, num_classes: i
             y = y.to(dev)
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(x).float()
+                if flip:
+                    # log of the mean probability: cross-entropy and top-k then read it as logits
+                    mirrored = model(x.flip(-1)).float()
+                    logits = (torch.logaddexp(logits.log_softmax(1), mirrored.log_softmax(1))
+                              - math.log(2))
             sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
             top = logits.topk(min(5, k), 1).indices
             sums[1] += (top == y[:, None]).any(1).sum()
@@ -85,6 +93,9 @@ def add_commands(sub) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="for a folder without train/val: the seeded fraction held out in training")
     p.add_argument("--seed", type=int, default=0, help="the training run's seed (for the split)")
+    p.add_argument("--flip", action="store_true",
+                   help="classifiers and segmenters: average the probabilities of each image and "
+                        "its mirror image")
     p.add_argument("--split", default="val", help="detector / segmenter: the annotation split scored")
     p.add_argument("--out", default=None, help="directory for eval.json and confusion_matrix.png "
                                               "(default: beside the checkpoint); detector / segmenter: "
@@ -113,17 +124,18 @@ def _cmd_eval(args) -> int:
         raise MobileNetsError(f"{args.checkpoint}: its classes ({', '.join(classes[:3])}, …) are not "
                               f"those of {args.data} ({', '.join(ds.classes[:3])}, …)")
     model = model.to(memory_format=torch.channels_last)
-    r = evaluate(model, ds.val, args.batch_size, num_classes=len(classes))
+    r = evaluate(model, ds.val, args.batch_size, num_classes=len(classes), flip=args.flip)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     out.mkdir(parents=True, exist_ok=True)
     result = {"checkpoint": str(args.checkpoint), "model": meta.get("model"), "data": ds.name,
-              "images": r["images"], "top1": r["top1"], "top5": r["top5"], "loss": r["loss"],
+              "flip": args.flip, "images": r["images"], "top1": r["top1"], "top5": r["top5"], "loss": r["loss"],
               "per_class": dict(zip(classes, r["per_class"])), "confusion": r["confusion"],
               "skipped_files": len(ds.skipped)}
     atomic_write_text(out / "eval.json", json.dumps(result, indent=2) + "\n")
     plot_confusion(r["confusion"], classes, out / "confusion_matrix.png",
                    f"{meta.get('model')} on {Path(ds.name).name}: top-1 {r['top1']:.4f}")
-    print(f"{args.checkpoint} on {ds.name} ({r['images']} images): top-1 {r['top1']:.4f}  "
+    how = " with flipped copies" if args.flip else ""
+    print(f"{args.checkpoint} on {ds.name} ({r['images']} images{how}): top-1 {r['top1']:.4f}  "
           f"top-5 {r['top5']:.4f}  loss {r['loss']:.4f}")
     for name, acc in zip(classes, r["per_class"]):
         print(f"  {name:24s} {acc:.4f}")

@@ -87,15 +87,19 @@ def example_input(meta: dict, batch: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, *meta["input_shape"], generator=g)
 
 
-def _rel_error(got, ref64: torch.Tensor) -> float:
-    """max |got − ref| over max |ref|: the largest error relative to the largest logit."""
+def _rel_error(got, ref64) -> float:
+    """max |got − ref| over max |ref|: the largest error relative to the largest logit; for
+    several outputs (a detector's boxes and scores), the largest over them."""
+    if isinstance(ref64, (tuple, list)):
+        return max(_rel_error(g, r) for g, r in zip(got, ref64))
     diff = (torch.as_tensor(got).double() - ref64).abs().max()
     return (diff / ref64.abs().max().clamp_min(1e-300)).item()
 
 
-class _Reference:
+class ExportReference:
     """The exact answer on the check's inputs (the model in float64) and PyTorch float32's own
-    error against it, which sets how far an exported file may be from it (see EXPORT_RTOL)."""
+    error against it, which sets how far an exported file may be from it (see EXPORT_RTOL).
+    Models with several outputs are compared output by output."""
 
     def __init__(self, model: nn.Module, x: torch.Tensor):
         with torch.inference_mode():
@@ -205,7 +209,7 @@ def export(model: nn.Module, path: str | os.PathLike, fmt: str, meta: dict | Non
     x3 = example_input(info, batch=3, seed=1) if check_inputs is None else check_inputs
     if len(x3) == len(x):
         x3 = torch.cat([x3, x3[:1]])   # a batch size the export never saw
-    ref = _Reference(model, x3) if check else None
+    ref = ExportReference(model, x3) if check else None
     err = float("nan")
     with atomic_path(path) as tmp:
         try:
@@ -260,9 +264,27 @@ def add_commands(sub) -> None:
 def _cmd_export(args) -> int:
     from .cli import model_kwargs
     model, meta = resolve_model(args.checkpoint, **model_kwargs(args))
+    if getattr(model, "task", None) in ("detection", "segmentation"):
+        return _export_task_model(model, meta, args)
     r = export(model, args.out, args.format, meta, check=not args.no_check)
     check = "" if args.no_check else (f"; max relative error against the float64 model "
                                       f"{r['max_rel_error']:.1e}, PyTorch float32's "
                                       f"{r['fp32_rel_error']:.1e}")
     print(f"wrote {r['path']} ({args.format}, {os.path.getsize(r['path']) / 2**20:.1f} MiB{check})")
+    return 0
+
+
+def _export_task_model(model: nn.Module, meta: dict, args) -> int:
+    from .task_export import export_onnx
+    if args.format != "onnx":
+        raise MobileNetsError(f"{args.checkpoint}: {model.task} models export to ONNX only, "
+                              f"not {args.format}")
+    if args.no_check:
+        raise MobileNetsError(f"{args.checkpoint}: {model.task} exports are always checked in "
+                              "ONNX Runtime; drop --no-check")
+    resolution = preprocessing_of(model, meta)["resolution"]
+    r = export_onnx(model, args.out, resolution, classes=meta.get("classes"))
+    print(f"wrote {r['path']} (onnx, {model.task}, outputs {', '.join(r['outputs'])}, "
+          f"{resolution} px, {os.path.getsize(r['path']) / 2**20:.1f} MiB; max relative error "
+          f"against the float64 model {r['max_rel_error']:.1e}, allowed {r['allowed_rel_error']:.1e})")
     return 0

@@ -46,14 +46,19 @@ def load_task_model(path) -> tuple[torch.nn.Module, dict]:
 
 
 def evaluate_checkpoint(path, data: str, split: str = "val", batch_size: int = 16,
-                        out: str | None = None, draw: int = 8, workers: int = 0) -> dict:
+                        out: str | None = None, draw: int = 8, workers: int = 0,
+                        flip: bool = False) -> dict:
     """Metrics of the weights file on `split` of `data` (COCO folder for detection, VOC folder
     for segmentation), with "images" (how many were scored); with `out`, writes metrics.json
-    and the first `draw` predictions as PNG."""
+    and the first `draw` predictions as PNG. `flip`: a segmenter's probabilities are averaged
+    with those of the mirror image."""
     model, meta = load_task_model(path)
     pre = meta["preprocessing"]
+    if flip and meta["task"] != "segmentation":
+        raise MobileNetsError(f"{path}: --flip applies to classifiers and segmenters, not {meta['task']}")
+    options = {"flip": True} if flip else {}
     task = build_task(meta["task"], data, pre["resolution"], pre["mean"], pre["std"],
-                      train_split=None, val_split=split)
+                      train_split=None, val_split=split, **options)
     if len(task.classes) != len(meta["classes"]):
         raise MobileNetsError(f"{data}: has {len(task.classes) - 1} classes but {path} was trained "
                               f"for {len(meta['classes']) - 1}")
@@ -63,7 +68,7 @@ def evaluate_checkpoint(path, data: str, split: str = "val", batch_size: int = 1
     if out:
         out = Path(out)
         saved = {"checkpoint": str(path), "model": meta.get("model"), "task": meta["task"], "data": str(data),
-                 "split": split, **{k: json_safe(v) if isinstance(v, dict) else v for k, v in metrics.items()}}
+                 "split": split, "flip": flip, **{k: json_safe(v) if isinstance(v, dict) else v for k, v in metrics.items()}}
         atomic_write_text(out / "metrics.json", json.dumps(saved, indent=2) + "\n")
         if len(dataset) and draw:
             images, _ = next(iter(DataLoader(dataset, batch_size=draw, collate_fn=task.collate)))
@@ -124,10 +129,11 @@ def cmd_eval(args) -> int:
         raise MobileNetsError(f"--batch-size {args.batch_size}: allowed: integer >= 1")
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
     m = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size or 16, str(out),
-                            workers=args.workers)
+                            workers=args.workers, flip=args.flip)
     task = task_of(args.checkpoint)
     scores = "  ".join(f"{k} {m[k]:.4f}" for k in record_keys(task))
-    print(f"{args.checkpoint} on {args.data} {args.split} ({m['images']} images): {scores}")
+    how = " with flipped copies" if args.flip else ""
+    print(f"{args.checkpoint} on {args.data} {args.split} ({m['images']} images{how}): {scores}")
     per_class = m["per_class_AP" if task == "detection" else "per_class_IoU"]
     print(f"  per-class {'AP' if task == 'detection' else 'IoU'}:")
     for name, value in per_class.items():

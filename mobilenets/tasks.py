@@ -65,6 +65,7 @@ class ClassificationTask:
         self.ds, self.classes, self.data_name = ds, ds.classes, ds.name
         self.train, self.val = ds.train, ds.val
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
+        self.eval_flip = cfg["eval_flip"]
 
     @property
     def resolution(self) -> int:
@@ -109,7 +110,8 @@ class ClassificationTask:
 
     def evaluate_split(self, model: nn.Module, batch_size: int, ctx, memory_format, amp_dtype) -> dict:
         from .evaluate import evaluate
-        val = evaluate(model, self.ds.val, batch_size, ctx, len(self.classes), memory_format, amp_dtype)
+        val = evaluate(model, self.ds.val, batch_size, ctx, len(self.classes), memory_format, amp_dtype,
+                       flip=self.eval_flip)
         return {**val, "metric": val["top1"]}
 
     def record(self, val: dict) -> dict:

@@ -32,7 +32,7 @@ MODEL_KEYS = ("task", "model", "width_mult", "small_input", "in_chans", "dropout
 # Settings of classification's augmentation and loss; detection and segmentation augment with
 # `coco_voc`'s fixed box- and mask-aware transforms, so other values there are refused.
 CLASSIFICATION_ONLY = ("small_input", "label_smoothing", "hflip", "scale", "crop_padding", "erasing",
-                       "auto_augment")
+                       "auto_augment", "eval_flip")
 DEFAULTS = {
     "task": None, "model": "mobilenet_v2", "width_mult": None, "small_input": False, "in_chans": None,
     "dropout": None, "model_options": {}, "resolution": None, "data": "fashion-mnist",
@@ -42,7 +42,7 @@ DEFAULTS = {
     "eps": 1e-8, "weight_decay": 4e-5, "wd_norm_bias": False, "schedule": "cosine",
     "warmup_epochs": 0.0, "min_lr": 0.0, "lr_decay": 0.98, "label_smoothing": 0.0,
     "ema_decay": 0.0, "hflip": 0.5, "scale": [0.08, 1.0], "crop_padding": 0, "erasing": 0.0,
-    "auto_augment": None, "amp": "none", "channels_last": True, "compile": False,
+    "auto_augment": None, "eval_flip": False, "amp": "none", "channels_last": True, "compile": False,
     "sync_bn": False, "clip_grad": 0.0, "log_every": 0, "save_every_steps": 0, "strict": False,
     "deterministic": True, "device": None, "limit_train": 0, "limit_val": 0,
 }
@@ -124,6 +124,7 @@ def validate(cfg: dict) -> dict:
     need("workers", integer("workers") and cfg["workers"] >= 0, "integer >= 0")
     for key in ("log_every", "save_every_steps", "crop_padding", "limit_train", "limit_val"):
         need(key, integer(key) and cfg[key] >= 0, "integer >= 0")
+    need("eval_flip", isinstance(cfg["eval_flip"], bool), "true or false")
     opts = cfg["model_options"]
     need("model_options", isinstance(opts, dict) and all(isinstance(k, str) for k in opts),
          'a JSON object of create_model options, e.g. {"proj_act": "relu6"}')

@@ -1,6 +1,11 @@
 import pytest
 import torch
 
+from mobilenets.scenes import write_scenes
+
+# The shared scene set: COCO + VOC files built from the real Fashion-MNIST items.
+SCENES = dict(train=12, val=6, size=64, seed=4)
+
 
 @pytest.fixture
 def one_thread():
@@ -11,3 +16,33 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def scene_args():
+    return dict(SCENES)
+
+
+@pytest.fixture(scope="session")
+def scenes(tmp_path_factory, scene_args):
+    root = tmp_path_factory.mktemp("scenes")
+    write_scenes(root, **scene_args, progress=False)
+    return root
+
+
+@pytest.fixture
+def interrupt_at(monkeypatch):
+    """interrupt_at(split_class, n): the n-th training batch that `split_class.batches` yields
+    raises KeyboardInterrupt, as Ctrl-C would; the function it returns undoes that."""
+    def arm(split_class, n):
+        original, seen = split_class.batches, [0]
+
+        def batches(self, *a, **kw):
+            for item in original(self, *a, **kw):
+                seen[0] += self.augment not in (None, False)   # a training split
+                if seen[0] == n:
+                    raise KeyboardInterrupt
+                yield item
+        monkeypatch.setattr(split_class, "batches", batches)
+        return lambda: monkeypatch.setattr(split_class, "batches", original)
+    return arm

@@ -19,13 +19,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scenes")
-    write_scenes(root, train=12, val=4, size=64, seed=3, progress=False)
-    return root
-
-
 def test_boxes_and_masks_are_exact(scenes):
     doc = json.loads((scenes / "coco/annotations/instances_train.json").read_text())
     assert len(doc["images"]) == 12 and [c["name"] for c in doc["categories"]] == list(CLASSES)
@@ -47,8 +40,8 @@ def test_boxes_and_masks_are_exact(scenes):
         np.testing.assert_array_equal(index, expected)
 
 
-def test_same_seed_same_scenes(scenes, tmp_path):
-    write_scenes(tmp_path, train=12, val=4, size=64, seed=3, progress=False)
+def test_same_seed_same_scenes(scenes, scene_args, tmp_path):
+    write_scenes(tmp_path, **scene_args, progress=False)
     for rel in ("coco/annotations/instances_train.json", "voc/SegmentationClass/val_000003.png",
                 "coco/images/train/train_000011.jpg"):
         assert (tmp_path / rel).read_bytes() == (scenes / rel).read_bytes()
@@ -138,7 +131,7 @@ def test_voc_mask_size_mismatch_skipped(scenes, tmp_path):
     Image.new("P", (10, 10)).save(root / "SegmentationClass/val_000001.png")
     with pytest.warns(UserWarning, match=r"skipped 1 images, mask size differs from image \(first: val_000001"):
         seg = VOCSegmentation(root, "val")
-    assert len(seg) == 3
+    assert len(seg) == 5                   # of the 6 validation scenes
 
 
 def test_annotations_pycocotools_cannot_index_are_dropped(tmp_path):
@@ -185,6 +178,6 @@ def test_voc_masks_with_unknown_classes_or_colours(scenes, tmp_path):
     text = " | ".join(str(w.message) for w in caught)
     assert "skipped 1 images, mask is not an index image (first: val_000001 (mode RGB))" in text
     assert f"1 masks hold class indices beyond the {k} classes (first: val_000000)" in text
-    assert len(seg) == 3
+    assert len(seg) == 5                   # of the 6 validation scenes
     _, target = seg[0]
     assert (target[:4, :4] == 255).all() and target.max() == 255 and target[target != 255].max() < k

@@ -3,20 +3,13 @@ import pytest
 from PIL import Image
 
 from mobilenets import MobileNetsError, create_model
-from mobilenets.scenes import CLASSES, write_scenes
+from mobilenets.scenes import CLASSES
 from mobilenets.task_inference import evaluate_checkpoint, predict_image, save_task_weights
 from mobilenets.weights import save_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 NAMES = ["background", *CLASSES]
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scenes")
-    write_scenes(root, train=2, val=3, size=64, seed=2, progress=False)
-    return root
 
 
 @pytest.mark.parametrize("name,task,sub", [("ssdlite_mobilenet_v2", "detection", "coco"),
@@ -33,8 +26,13 @@ def test_eval_and_predict(tmp_path, scenes, name, task, sub):
     assert Image.open(tmp_path / "p.png").size == (64, 64)
     if task == "detection":
         assert all(label in NAMES for label in result["labels"])
+        with pytest.raises(MobileNetsError, match="--flip applies to classifiers and segmenters"):
+            evaluate_checkpoint(ckpt, str(scenes / sub), flip=True)
     else:
         assert sum(result["pixels"].values()) == 64 * 64
+        flipped = evaluate_checkpoint(ckpt, str(scenes / sub), flip=True)
+        assert flipped["images"] == metrics["images"] == 6
+        assert 0 <= flipped["mIoU"] <= 1
 
 
 def test_not_a_task_file(tmp_path, scenes):

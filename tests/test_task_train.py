@@ -10,7 +10,6 @@ from safetensors.torch import load_file
 from mobilenets import MobileNetsError, Predictor, create_model, profile
 from mobilenets import data as data_module
 from mobilenets.cli import main
-from mobilenets.scenes import write_scenes
 from mobilenets.train import DEFAULTS, load_recipe, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -19,13 +18,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # run the same kernels on the same tensors, so their metrics agree to the last digit.
 TINY = ["--batch-size", "4", "--set", "resolution=64", "--set", "width_mult=0.35", "--set", "channels_last=false"]
 TIMING = ("epoch_seconds", "img_per_s")
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scenes")
-    write_scenes(root, train=12, val=6, size=64, seed=4, progress=False)
-    return root
 
 
 def rows(path):
@@ -89,7 +81,7 @@ def test_train_resume_eval_predict(tmp_path, scenes, capsys, args, task, model, 
     assert Image.open(png).size == (64, 64)
 
 
-def test_interrupted_detection_run_resumes_exactly(tmp_path, scenes, monkeypatch):
+def test_interrupted_detection_run_resumes_exactly(tmp_path, scenes, interrupt_at):
     """Augmentation is seeded per (seed, epoch, item): an interrupted and resumed run matches
     the uninterrupted one record for record and weight for weight."""
     cfg = {**DEFAULTS, **load_recipe("detection"), "recipe": "detection", "data": str(scenes / "coco"),
@@ -98,19 +90,10 @@ def test_interrupted_detection_run_resumes_exactly(tmp_path, scenes, monkeypatch
     train(dict(cfg), straight, progress=False)
 
     broken = tmp_path / "broken"
-    original = data_module.DatasetSplit.batches
-    calls = {"n": 0}
-
-    def interrupted(self, *a, **kw):
-        for item in original(self, *a, **kw):
-            calls["n"] += 1
-            if calls["n"] == 5:            # 3 steps per epoch: epoch 2, before its second step
-                raise KeyboardInterrupt
-            yield item
-    monkeypatch.setattr(data_module.DatasetSplit, "batches", interrupted)
+    undo = interrupt_at(data_module.DatasetSplit, 5)   # 3 steps per epoch: epoch 2, before its second step
     assert train(dict(cfg), broken, progress=False)["interrupted"]
     assert torch.load(broken / "last.pt", weights_only=True)["step_in_epoch"] == 1
-    monkeypatch.setattr(data_module.DatasetSplit, "batches", original)
+    undo()
     train(dict(cfg, _explicit=[]), broken, resume=str(broken), progress=False)
 
     def plain(path):

@@ -66,26 +66,18 @@ def test_best_weights_carry_what_inference_needs(run):
     assert model.model_kwargs == {"num_classes": 10, "in_chans": 1, "width_mult": 0.35, "small_input": True}
 
 
-def test_resume_mid_epoch_equals_uninterrupted(tmp_path, monkeypatch):
+def test_resume_mid_epoch_equals_uninterrupted(tmp_path, interrupt_at):
     cfg = tiny(limit_train=256, limit_val=64, epochs=2, resolution=16)
     straight = tmp_path / "straight"
     train(dict(cfg), straight, progress=False)
 
     broken = tmp_path / "broken"
-    original = data_module.TensorSplit.batches
-    calls = {"n": 0}
-
-    def interrupted(self, *a, **kw):
-        for i, item in enumerate(original(self, *a, **kw)):
-            calls["n"] += self.augment is not None  # training batches only
-            if calls["n"] == 11:  # 8 steps per epoch: interrupted before epoch 2's third step
-                raise KeyboardInterrupt
-            yield item
-    monkeypatch.setattr(data_module.TensorSplit, "batches", interrupted)
+    # 8 steps per epoch: interrupted before epoch 2's third step
+    undo = interrupt_at(data_module.TensorSplit, 11)
     assert train(dict(cfg), broken, progress=False)["interrupted"]
     state = torch.load(broken / "last.pt", weights_only=True)
     assert (state["epoch"], state["step_in_epoch"]) == (1, 2)
-    monkeypatch.setattr(data_module.TensorSplit, "batches", original)
+    undo()
     train(dict(cfg, _explicit=[]), broken, resume=str(broken), progress=False)
 
     assert without_timing(rows(broken / "metrics.jsonl")) == without_timing(rows(straight / "metrics.jsonl"))
@@ -169,7 +161,12 @@ def test_cli_train_eval_and_one_line_errors(tmp_path, capsys):
     result = json.loads((out / "eval.json").read_text())
     assert rc == 0 and result["images"] == 10000 and (out / "confusion_matrix.png").is_file()
     assert sum(map(sum, result["confusion"])) == 10000 and len(result["per_class"]) == 10
-    assert f"top-1 {result['top1']:.4f}" in text
+    assert f"top-1 {result['top1']:.4f}" in text and result["flip"] is False
+    assert main(["eval", str(out / "best.safetensors"), "--data", "fashion-mnist", "--flip",
+                 "--out", str(tmp_path / "flip")]) == 0
+    flipped = json.loads((tmp_path / "flip/eval.json").read_text())
+    assert flipped["flip"] is True and flipped["images"] == 10000 and flipped["loss"] != result["loss"]
+    assert "10000 images with flipped copies" in capsys.readouterr().out
     for argv, match in ((["train", "--out", str(tmp_path / "e"), "--epochs", "0"], "epochs=0"),
                         (["train", "--out", str(tmp_path / "e"), "--recipe", "nope"], "--recipe nope"),
                         (["train", "--out", str(tmp_path / "e"), "--set", "bogus=1"], "--set bogus=1")):
