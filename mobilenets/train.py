@@ -35,7 +35,7 @@ CLASSIFICATION_ONLY = ("small_input", "label_smoothing", "hflip", "scale", "crop
                        "auto_augment", "eval_flip")
 DEFAULTS = {
     "task": None, "model": "mobilenet_v2", "width_mult": None, "small_input": False, "in_chans": None,
-    "dropout": None, "model_options": {}, "resolution": None, "data": "fashion-mnist",
+    "dropout": None, "model_options": {}, "backbone": None, "resolution": None, "data": "fashion-mnist",
     "data_dir": None,
     "val_fraction": 0.1, "workers": 0, "seed": 0, "epochs": 20, "batch_size": 128,
     "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "rmsprop_decay": 0.9,
@@ -125,6 +125,8 @@ def validate(cfg: dict) -> dict:
     for key in ("log_every", "save_every_steps", "crop_padding", "limit_train", "limit_val"):
         need(key, integer(key) and cfg[key] >= 0, "integer >= 0")
     need("eval_flip", isinstance(cfg["eval_flip"], bool), "true or false")
+    need("backbone", cfg["backbone"] is None or isinstance(cfg["backbone"], str),
+         "a weights file whose stem/blocks/last_conv start the model")
     opts = cfg["model_options"]
     need("model_options", isinstance(opts, dict) and all(isinstance(k, str) for k in opts),
          'a JSON object of create_model options, e.g. {"proj_act": "relu6"}')
@@ -407,6 +409,13 @@ def _run(cfg, out, ckpt, ctx, progress, create_model, profile) -> dict:
     # name a base model plus options and load in any process, not a process-local variant.
     kwargs = {**cfg["model_options"], **task.model_kwargs(cfg)}
     model = create_model(cfg["model"], **kwargs)
+    if cfg["backbone"] and ckpt is None:
+        from .weights import load_backbone
+        got = load_backbone(model, cfg["backbone"])
+        if ctx.main:
+            shapes = f"; other shapes: {', '.join(got['skipped'][:3])}" if got["skipped"] else ""
+            print(f"backbone: {got['loaded']} of the model's {got['backbone_tensors']} backbone tensors "
+                  f"from {cfg['backbone']}{shapes}", file=sys.stderr)
     task.adapt(model)
     prof = profile(model, task.resolution)
 
@@ -608,7 +617,8 @@ NAMED_FLAGS = {"task": "task", "model": "model", "width_mult": "width_mult", "sm
                "data": "data", "data_dir": "data_dir", "epochs": "epochs",
                "batch_size": "batch_size", "lr": "lr", "seed": "seed", "workers": "workers",
                "strict": "strict", "amp": "amp", "compile": "compile", "sync_bn": "sync_bn",
-               "save_every_steps": "save_every_steps", "device": "device", "in_chans": "in_chans"}
+               "save_every_steps": "save_every_steps", "device": "device", "in_chans": "in_chans",
+               "backbone": "backbone"}
 
 
 def add_commands(sub) -> None:
@@ -622,6 +632,9 @@ def add_commands(sub) -> None:
     p.add_argument("--small-input", action="store_true", default=None,
                    help="total stride 8 instead of 32, for 28–32 px images")
     p.add_argument("--in-chans", type=int, default=None, help="1 (grayscale) or 3")
+    p.add_argument("--backbone", default=None, metavar="WEIGHTS",
+                   help="start from another model's stem/blocks/last_conv (e.g. a classifier's "
+                        "best.safetensors under a detector or segmenter)")
     p.add_argument("--data", default=None, help="'fashion-mnist' or an ImageFolder directory; a COCO "
                                                 "folder for detection, a VOC folder for segmentation")
     p.add_argument("--data-dir", default=None, help="where the Fashion-MNIST idx files are")

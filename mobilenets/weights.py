@@ -196,6 +196,31 @@ def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], sour
     model.load_state_dict(state)
 
 
+BACKBONE_MODULES = ("stem", "blocks", "last_conv")
+
+
+def load_backbone(model: torch.nn.Module, path: str | os.PathLike) -> dict:
+    """Start a detector, segmenter or classifier from another model's backbone: the tensors of
+    `stem`, `blocks` and `last_conv` whose names and shapes both models share (a classifier's
+    weights into a task model, as torchvision's `weights_backbone`). Returns {"loaded",
+    "backbone_tensors", "skipped"}: what was copied, how many backbone tensors `model` has, and
+    the names whose shapes differ (e.g. a stem for another number of input channels)."""
+    path = resolve_weights(path)
+    state, _ = load_weights(path)
+    own = model.state_dict()
+    # BN's step counters are scalars that fit anything and carry nothing across
+    ours = [k for k in own if k.split(".")[0] in BACKBONE_MODULES and not k.endswith("num_batches_tracked")]
+    shared = [k for k in ours if k in state]
+    fits = {k: state[k] for k in shared if state[k].shape == own[k].shape}
+    if not fits:
+        raise MobileNetsError(f"{path}: shares no backbone tensor ({', '.join(BACKBONE_MODULES)}) "
+                              f"with {getattr(model, 'model_name', 'the model')}; is it a MobileNet "
+                              "of the same family and width?")
+    model.load_state_dict(fits, strict=False)
+    return {"loaded": len(fits), "backbone_tensors": len(ours),
+            "skipped": [k for k in shared if k not in fits]}
+
+
 def load_pretrained(model: torch.nn.Module, path: str | os.PathLike) -> dict:
     path = resolve_weights(path)
     state, meta = load_weights(path)

@@ -11,6 +11,7 @@ from mobilenets import MobileNetsError, Predictor, create_model, profile
 from mobilenets import data as data_module
 from mobilenets.cli import main
 from mobilenets.train import DEFAULTS, load_recipe, train
+from mobilenets.weights import save_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -131,3 +132,22 @@ def test_classifier_tools_refuse_task_files(tmp_path, scenes, capsys):
     image = str(scenes / "voc/JPEGImages/val_000000.jpg")
     assert main(["predict", str(cls), image, "--out", str(tmp_path / "o.png")]) == 2
     assert "--out draws boxes or masks" in capsys.readouterr().err
+
+
+def test_backbone_from_a_classifier_starts_the_segmenter(tmp_path, scenes, capsys):
+    classifier = tmp_path / "cls.safetensors"
+    save_weights(classifier, create_model("mobilenet_v2", num_classes=10, width_mult=0.35))
+    out, data = tmp_path / "seg", str(scenes / "voc")
+    assert main(["train", "--model", "deeplabv3_mobilenet_v2", "--data", data, "--out", str(out),
+                 "--epochs", "1", "--backbone", str(classifier), *TINY]) == 0
+    seg = create_model("deeplabv3_mobilenet_v2", num_classes=11, width_mult=0.35)
+    n = sum(k.split(".")[0] in ("stem", "blocks", "last_conv") and "num_batches" not in k
+            for k in seg.state_dict())
+    assert f"backbone: {n} of the model's {n} backbone tensors from {classifier}" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["backbone"] == str(classifier)
+    wide = tmp_path / "wide.safetensors"
+    save_weights(wide, create_model("mobilenet_v2", num_classes=10, width_mult=1.0))
+    assert main(["train", "--model", "deeplabv3_mobilenet_v2", "--data", data, "--out",
+                 str(tmp_path / "other"), "--epochs", "1", "--backbone", str(wide), *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "wide.safetensors: shares no backbone tensor" in err and "\n" not in err

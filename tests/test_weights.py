@@ -10,8 +10,8 @@ import torch
 
 from mobilenets import create_model
 from mobilenets.errors import MobileNetsError
-from mobilenets.weights import (imagenet_classes, load_model, load_weights, resolve_weights,
-                                save_weights)
+from mobilenets.weights import (imagenet_classes, load_backbone, load_model, load_weights,
+                                resolve_weights, save_weights)
 
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
@@ -252,3 +252,28 @@ def test_safetensors_whose_header_length_starts_with_0x80(tmp_path):
     state, meta = load_weights(path)
     assert meta["model"] == "mobilenet_v2_035" and meta["note"] == "x" * pad
     assert len(state) == len(model.state_dict())
+
+
+def test_backbone_of_a_classifier_starts_a_segmenter(tmp_path):
+    torch.manual_seed(0)
+    classifier = create_model("mobilenet_v2", num_classes=10, width_mult=0.35)
+    path = tmp_path / "cls.safetensors"
+    save_weights(path, classifier)
+    seg = create_model("deeplabv3_mobilenet_v2", num_classes=11, width_mult=0.35)
+    head_before = {k: v.clone() for k, v in seg.state_dict().items() if k.startswith("head")}
+    got = load_backbone(seg, path)
+    theirs, ours = classifier.state_dict(), seg.state_dict()
+    backbone = [k for k in ours if k.split(".")[0] in ("stem", "blocks", "last_conv")
+                and "num_batches" not in k]
+    assert got == {"loaded": len(backbone), "backbone_tensors": len(backbone), "skipped": []}
+    assert len(backbone) > 200 and all(torch.equal(ours[k], theirs[k]) for k in backbone)
+    assert all(torch.equal(ours[k], v) for k, v in head_before.items())     # the head stays
+    # a grayscale classifier: all but the stem's convolution
+    gray = tmp_path / "gray.safetensors"
+    save_weights(gray, create_model("mobilenet_v2", num_classes=10, width_mult=0.35, in_chans=1))
+    got = load_backbone(seg, gray)
+    assert got["skipped"] == ["stem.0.weight"] and got["loaded"] == len(backbone) - 1
+    other = tmp_path / "wide.safetensors"
+    save_weights(other, create_model("mobilenet_v2", num_classes=10, width_mult=1.0))
+    with pytest.raises(MobileNetsError, match="wide.safetensors: shares no backbone tensor"):
+        load_backbone(seg, other)
