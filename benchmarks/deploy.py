@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mobilenets.bench import BACKENDS, format_table, run_bench  # noqa: E402
-from mobilenets.io import atomic_write_text  # noqa: E402
+from mobilenets.deploy.bench import BACKENDS, format_table, run_bench  # noqa: E402
+from mobilenets.core.io import atomic_write_text  # noqa: E402
 
 MODELS = ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v1")
 

@@ -46,7 +46,7 @@ def child(args) -> list[dict]:
     """Time every contender in this process; the allocator setting was chosen by the parent."""
     import torch
     sys.path.insert(0, str(ROOT))
-    from mobilenets.runtime import tune_allocator
+    from mobilenets.core.runtime import tune_allocator
     tuned = tune_allocator() if args.setting == "tuned" else False
     torch.set_num_threads(args.threads)
     cases = []

@@ -18,10 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import mobilenets  # noqa: E402
-from mobilenets.fuse import prepare_for_inference  # noqa: E402
-from mobilenets.io import atomic_write_text  # noqa: E402
-from mobilenets.memory_efficient import measured_peak_bytes, memory_efficient  # noqa: E402
-from mobilenets.runtime import tune_allocator  # noqa: E402
+from mobilenets.deploy.fuse import prepare_for_inference  # noqa: E402
+from mobilenets.core.io import atomic_write_text  # noqa: E402
+from mobilenets.deploy.memory_efficient import measured_peak_bytes, memory_efficient  # noqa: E402
+from mobilenets.core.runtime import tune_allocator  # noqa: E402
 
 PAPER_TABLE3_V2_BYTES = 400_000   # V2 Table 3: max memory at any point, 16-bit floats, in KB
 

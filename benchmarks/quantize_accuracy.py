@@ -17,12 +17,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mobilenets  # noqa: E402
-from mobilenets.calibration import FASHION_MNIST_CLASSES  # noqa: E402
-from mobilenets.io import atomic_write_text  # noqa: E402
-from mobilenets.qat import finetune  # noqa: E402
-from mobilenets.quantize import quantize_checkpoint  # noqa: E402
-from mobilenets.runtime import tune_allocator  # noqa: E402
-from mobilenets.weights import load_model, save_weights  # noqa: E402
+from mobilenets.datasets.calibration import FASHION_MNIST_CLASSES  # noqa: E402
+from mobilenets.core.io import atomic_write_text  # noqa: E402
+from mobilenets.deploy.qat import finetune  # noqa: E402
+from mobilenets.deploy.quantize import quantize_checkpoint  # noqa: E402
+from mobilenets.core.runtime import tune_allocator  # noqa: E402
+from mobilenets.models.mobilenet import load_model
+from mobilenets.models.weights import save_weights  # noqa: E402
 
 PRE = dict(resolution=32, resize=32, mean=[0.286], std=[0.353], in_chans=1, interpolation="bilinear")
 

@@ -29,13 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from mobilenets.bench import benchmark_model, compile_frozen, cpu_peak, time_runs  # noqa: E402
-from mobilenets.calibration import fashion_mnist, preprocessed  # noqa: E402
-from mobilenets.export import INPUT_NAME, export, ort_session  # noqa: E402
-from mobilenets.fuse import prepare_for_inference  # noqa: E402
-from mobilenets.io import atomic_write_text  # noqa: E402
-from mobilenets.quantize import quantize_onnx  # noqa: E402
-from mobilenets.runtime import tune_allocator  # noqa: E402
+from mobilenets.deploy.bench import benchmark_model, compile_frozen, cpu_peak, time_runs  # noqa: E402
+from mobilenets.datasets.calibration import fashion_mnist, preprocessed  # noqa: E402
+from mobilenets.deploy.export import INPUT_NAME, export, ort_session  # noqa: E402
+from mobilenets.deploy.fuse import prepare_for_inference  # noqa: E402
+from mobilenets.core.io import atomic_write_text  # noqa: E402
+from mobilenets.deploy.quantize import quantize_onnx  # noqa: E402
+from mobilenets.core.runtime import tune_allocator  # noqa: E402
 
 CONTENDERS = ("ort-fp32", "ort-int8", "inductor-fp32", "pt2e-int8")
 EVAL_BATCH = 32

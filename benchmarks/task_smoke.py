@@ -22,9 +22,9 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mobilenets import create_model  # noqa: E402
-from mobilenets.runtime import tune_allocator  # noqa: E402
-from mobilenets.scenes import write_scenes  # noqa: E402
-from mobilenets.tasks import build_task  # noqa: E402
+from mobilenets.core.runtime import tune_allocator  # noqa: E402
+from mobilenets.datasets.scenes import write_scenes  # noqa: E402
+from mobilenets.train.tasks import build_task  # noqa: E402
 
 
 def main() -> None:

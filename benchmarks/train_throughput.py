@@ -26,8 +26,8 @@ import torchvision  # noqa: E402
 from torch import nn  # noqa: E402
 
 from mobilenets import create_model  # noqa: E402
-from mobilenets.io import atomic_write_text  # noqa: E402
-from mobilenets.runtime import allocator_tuned, tune_allocator  # noqa: E402
+from mobilenets.core.io import atomic_write_text  # noqa: E402
+from mobilenets.core.runtime import allocator_tuned, tune_allocator  # noqa: E402
 from mobilenets.train import train_step  # noqa: E402
 
 

@@ -1,17 +1,21 @@
-"""MobileNet V1, V2 and V3 built from the papers' tables."""
-from .errors import MobileNetsError
-from .models import MobileNet, create_model, list_models, register_model
-from .profile import profile
-from . import heads  # noqa: F401  (registers the detection and segmentation models)
+"""MobileNet V1, V2 and V3 built from the papers' tables.
 
-__all__ = ["MobileNet", "MobileNetsError", "create_model", "list_models", "profile",
-           "register_model"]
+Subpackages follow the pipeline: `models` (specs, layers, the builder and registry, weights,
+profiler, task heads) → `datasets` → `train` → `deploy` → `analysis`, with `cli` on top. Each
+imports only from the ones before it.
+"""
+from .core.errors import MobileNetsError
+from .core.runtime import tune_allocator
+from .models import MobileNet, create_model, list_models, load_model, profile, register_model
+
+__all__ = ["MobileNet", "MobileNetsError", "Predictor", "create_model", "list_models", "load_model",
+           "profile", "register_model", "tune_allocator"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    # Predictor pulls in torchvision and ONNX Runtime; import it only when asked for.
+    # Predictor pulls in the deployment runtimes; import it only when asked for.
     if name == "Predictor":
-        from .predict import Predictor
+        from .deploy.predict import Predictor
         return Predictor
     raise AttributeError(f"module 'mobilenets' has no attribute {name!r}")

@@ -12,7 +12,7 @@ if [ -f "$out/report.json" ]; then
 elif [ -f "$out/last.pt" ]; then
   $mn train --resume "$out" "$@"                       # an interrupted run continues
 else
-  $mn train --data fashion-mnist --epochs 2 --out "$out" "$@"
+  $mn train --data fashion-mnist --epochs "${MOBILENETS_MAIN_EPOCHS:-2}" --out "$out" "$@"
 fi
 $mn eval "$out/best.safetensors" --data fashion-mnist --out "$out"
 $mn export "$out/best.safetensors" --format onnx --out "$out/model.onnx"

@@ -16,6 +16,7 @@ PIP=".venv/bin/python -m pip --quiet --disable-pip-version-check"
 .venv/bin/python -c "import torch, torchvision" 2>/dev/null ||
   $PIP install torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v "is ignored" || true
 .venv/bin/python -c "import torch, torchvision" 
-extra=""; [ "${1:-}" = "--test" ] && extra="[test]"
+# The main job exports ONNX and quantizes with ONNX Runtime, so `deploy` is part of every set-up.
+extra="[deploy]"; [ "${1:-}" = "--test" ] && extra="[deploy,test]"
 $PIP install -e ".${extra}" 2>&1 | grep -v "is ignored" || true
-.venv/bin/python -c "import mobilenets" 
+.venv/bin/python -c "import mobilenets, onnx, onnxruntime" 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mobilenets.scenes import write_scenes
+from mobilenets.datasets.scenes import write_scenes
 
 # The shared scene set: COCO + VOC files built from the real Fashion-MNIST items.
 SCENES = dict(train=12, val=6, size=64, seed=4)

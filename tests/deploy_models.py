@@ -3,9 +3,9 @@ checkpoint: what the deploy tests export, quantize and predict with."""
 import torch
 
 import mobilenets
-from mobilenets.bench import calibrate_batchnorm
-from mobilenets.calibration import FASHION_MNIST_CLASSES, fashion_mnist, preprocessed
-from mobilenets.weights import save_weights
+from mobilenets.deploy.bench import calibrate_batchnorm
+from mobilenets.datasets.calibration import FASHION_MNIST_CLASSES, fashion_mnist, preprocessed
+from mobilenets.models.weights import save_weights
 
 PRE = dict(resolution=32, resize=32, mean=[0.286], std=[0.353], in_chans=1, interpolation="bilinear")
 

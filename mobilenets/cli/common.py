@@ -1,0 +1,32 @@
+"""What every verb shares: the parser class that exits with one line, and the model options."""
+from __future__ import annotations
+
+import argparse
+import warnings
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit code 2, like our own errors
+        self.exit(2, f"mobilenets: error: {message}\n")
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """The model-building options every verb that builds a model accepts."""
+    p.add_argument("--width-mult", type=float, default=None, help="width multiplier α")
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--in-chans", type=int, default=None)
+    p.add_argument("--small-input", action="store_true", default=None,
+                   help="no stride at the stem and first downsampling block (28–32 px inputs)")
+    p.add_argument("--minimalistic", action="store_true", default=None,
+                   help="MobileNetV3 without SE, h-swish and 5×5 kernels")
+
+
+def model_kwargs(args: argparse.Namespace) -> dict:
+    names = ("width_mult", "num_classes", "in_chans", "small_input", "minimalistic")
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+
+
+def one_line_warnings() -> None:
+    """Show warnings as one `warning: ...` line each, without source lines: the command line's
+    own process, so the setting is the CLI's to make."""
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"

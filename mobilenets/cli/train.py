@@ -1,0 +1,101 @@
+"""`mobilenets train`: flags and recipe resolution (defaults < recipe < --set < named flags)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..core.errors import MobileNetsError
+from ..models.mobilenet import model_defaults
+from ..train.loop import TrainingStopped, train
+from ..train.recipes import DEFAULTS, default_recipe, list_recipes, load_recipe, parse_set
+from ..train.tasks import TRAIN_TASKS, record_keys
+
+
+def resolve_config(args: argparse.Namespace, explicit: dict) -> dict:
+    """defaults < recipe < --set < named flags."""
+    recipe_name = args.recipe or default_recipe(explicit.get("task"), explicit.get("model"), args.data)
+    cfg = {**DEFAULTS, **load_recipe(recipe_name), **parse_set(args.set), **explicit}
+    cfg["recipe"] = recipe_name
+    return cfg
+
+
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+NAMED_FLAGS = {"task": "task", "model": "model", "width_mult": "width_mult", "small_input": "small_input",
+               "data": "data", "data_dir": "data_dir", "epochs": "epochs",
+               "batch_size": "batch_size", "lr": "lr", "seed": "seed", "workers": "workers",
+               "strict": "strict", "amp": "amp", "compile": "compile", "sync_bn": "sync_bn",
+               "save_every_steps": "save_every_steps", "device": "device", "in_chans": "in_chans",
+               "backbone": "backbone"}
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("train", help="train a classifier (Fashion-MNIST, image folder), a detector "
+                                      "(COCO folder) or a segmenter (VOC folder)")
+    p.add_argument("--task", choices=TRAIN_TASKS, default=None,
+                   help="default: what --model does (classification for mobilenet_v2)")
+    p.add_argument("--model", default=None, help="registered model name (default mobilenet_v2; "
+                                                 "the detection / segmentation recipe's for --task)")
+    p.add_argument("--width-mult", type=float, default=None, help="width multiplier α")
+    p.add_argument("--small-input", action="store_true", default=None,
+                   help="total stride 8 instead of 32, for 28–32 px images")
+    p.add_argument("--in-chans", type=int, default=None, help="1 (grayscale) or 3")
+    p.add_argument("--backbone", default=None, metavar="WEIGHTS",
+                   help="start from another model's stem/blocks/last_conv (e.g. a classifier's "
+                        "best.safetensors under a detector or segmenter)")
+    p.add_argument("--data", default=None, help="'fashion-mnist' or an ImageFolder directory; a COCO "
+                                                "folder for detection, a VOC folder for segmentation")
+    p.add_argument("--data-dir", default=None, help="where the Fashion-MNIST idx files are")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="per process")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    p.add_argument("--recipe", default=None,
+                   help=f"recipe name ({', '.join(list_recipes())}) or a JSON file; default: the "
+                        "task's (detection, segmentation), else fashion-mnist for Fashion-MNIST, "
+                        "modern otherwise")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any recipe value, e.g. --set label_smoothing=0.1")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", default=None, help="run directory")
+    p.add_argument("--resume", default=None, help="run directory or last.pt to continue")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers for image folders")
+    p.add_argument("--strict", action="store_true", default=None,
+                   help="unreadable images are fatal before training instead of skipped")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None, help="autocast dtype")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--sync-bn", action="store_true", default=None, help="batch norm over all ranks")
+    p.add_argument("--save-every-steps", type=int, default=None, help="also checkpoint every N steps")
+    p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args) -> int:
+    if not args.out and not args.resume:
+        raise MobileNetsError("train needs --out DIR (or --resume DIR)")
+    explicit = {key: getattr(args, attr) for key, attr in NAMED_FLAGS.items()
+                if getattr(args, attr) is not None}
+    if args.resume and not args.recipe:
+        cfg = {**DEFAULTS, **explicit, "recipe": "resumed"}
+    else:
+        cfg = resolve_config(args, explicit)
+    if "model" in explicit and "width_mult" not in explicit and not args.resume:
+        if "width_mult" in model_defaults(explicit["model"]):
+            cfg["width_mult"] = None  # mobilenet_v2_100 means α = 1.0, whatever the recipe says
+    cfg["_explicit"] = list(explicit)
+    try:
+        report = train(cfg, args.out or args.resume if not (args.resume and Path(args.resume).is_file())
+                       else (args.out or Path(args.resume).parent), args.resume)
+    except TrainingStopped as e:
+        print(f"mobilenets: {e}", file=sys.stderr)
+        return 1
+    if report.get("interrupted"):
+        return 130
+    shown = ("model", "task", "epochs", *record_keys(report["task"]), "train_seconds", "params", "madds",
+             "skipped_files")
+    print(json.dumps({k: report[k] for k in shown}))
+    return 0

@@ -1,0 +1,2 @@
+"""Deployment: inference form (BN folding), exports checked against the float64 model, int8,
+runtimes and the Predictor, benchmarks, and V2's memory-efficient execution."""

@@ -1,0 +1,284 @@
+"""`mobilenets bench`: latency and throughput of a model's inference forms and of the peers, as
+achieved GFLOP/s and as a fraction of the CPU's fp32 peak.
+
+Peak fp32 FLOP/s = cores × clock × FMA pipes × (FMA datapath bits / 32) × 2 (an FMA is a
+multiply and an add). Cores, clock, vendor, family and vector flags come from /proc/cpuinfo;
+the FMA datapath and pipe count are not in /proc/cpuinfo, so they come from a small table per
+micro-architecture (`FMA_UNITS`). This project's Zen 4: 2 cores × 2.6 GHz × 2 pipes × 256/32 × 2 =
+166 GFLOP/s (Zen 4 runs AVX-512 double-pumped on its two 256-bit FMA pipes, so AVX-512 doubles
+nothing). Achieved GFLOP/s = 2 × multiply-adds (from `mobilenets.profile`) × batch / time.
+
+Every contender runs in this process with the same settings: glibc allocator tuning
+(`runtime.tune_allocator`), the same intra-op thread count for PyTorch and ONNX Runtime,
+channels_last inputs for eager PyTorch, warm-up before timing, median of the timed runs.
+"""
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ..core.errors import MobileNetsError
+from .export import INPUT_NAME, export, export_metadata, onnx_metadata, ort_session, resolve_model
+from ..datasets.calibration import calibration_set
+from .fuse import prepare_for_inference
+from .quantize import quantize_onnx
+from ..models.mobilenet import create_model, model_defaults
+from ..models.profile import profile
+
+BACKENDS = ("eager", "compiled", "onnxruntime", "int8")
+PEERS = ("torchvision",)
+# (vendor, cpu family) → (FMA pipes per core, FMA datapath bits); family numbers are decimal.
+FMA_UNITS = {
+    ("AuthenticAMD", 23): (2, 256),   # Zen, Zen 2 (Zen 1 splits 256-bit ops, close enough)
+    ("AuthenticAMD", 25): (2, 256),   # Zen 3, Zen 4 (AVX-512 double-pumped)
+    ("AuthenticAMD", 26): (2, 512),   # Zen 5
+}
+
+
+def cpu_peak(cpuinfo: str | None = None, cores: int | None = None) -> dict:
+    """The machine's fp32 peak and the figures it is computed from."""
+    text = cpuinfo if cpuinfo is not None else Path("/proc/cpuinfo").read_text()
+
+    def field(name):
+        m = re.search(rf"^{name}\s*:\s*(.*)$", text, re.M)
+        return m.group(1).strip() if m else ""
+    flags = set(field("flags").split())
+    vendor = field("vendor_id")
+    family = int(field("cpu family") or 0)
+    mhz = max((float(v) for v in re.findall(r"^cpu MHz\s*:\s*([\d.]+)", text, re.M)), default=0.0)
+    cores = cores or len(os.sched_getaffinity(0))
+    if (vendor, family) in FMA_UNITS:
+        pipes, bits = FMA_UNITS[(vendor, family)]
+    elif "avx512f" in flags:
+        pipes, bits = 2, 512           # Xeon Scalable with two AVX-512 FMA units
+    elif "avx2" in flags and "fma" in flags:
+        pipes, bits = 2, 256
+    else:
+        pipes, bits = 1, 128
+    flops_per_cycle = pipes * bits // 32 * 2
+    return dict(vendor=vendor, family=family, cores=cores, clock_ghz=mhz / 1000,
+                fma_pipes=pipes, fma_bits=bits, flops_per_cycle=flops_per_cycle,
+                gflops=cores * mhz / 1000 * flops_per_cycle,
+                formula=f"{cores} cores × {mhz / 1000:.3f} GHz × {pipes} FMA pipes × "
+                        f"{bits}/32 lanes × 2")
+
+
+def time_runs(fn, repeats: int, warmup: int, budget_s: float) -> list[float]:
+    """Seconds per call: `warmup` untimed calls, then up to `repeats` timed calls within budget."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats and (len(times) < 3 or time.perf_counter() - start < budget_s):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def calibrate_batchnorm(model: torch.nn.Module, images: torch.Tensor, batch: int = 16) -> None:
+    """Replace random-init BN statistics by the statistics of real images (cumulative average),
+    so a model without trained weights still computes activations in a realistic range."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            model(images[i:i + batch])
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    model.eval()
+
+
+class Contender:
+    """One backend to time: name, precision, MAdds per image, and a call on a given batch."""
+
+    def __init__(self, backend: str, precision: str, madds: int, make_call):
+        self.backend, self.precision, self.madds, self.make_call = backend, precision, madds, make_call
+
+
+def _torch_call(module, channels_last=True):
+    def make(x):
+        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+        def call():
+            with torch.inference_mode():
+                module(x)
+        return call
+    return make
+
+
+def _ort_call(path, threads):
+    sess = ort_session(path, threads)
+
+    def make(x):
+        arr = x.numpy()
+        return lambda: sess.run(None, {INPUT_NAME: arr})
+    return make
+
+
+def compile_frozen(module: torch.nn.Module):
+    """`torch.compile` (inductor) with freezing, static shapes: one graph per batch size."""
+    import torch._inductor.config as inductor_config
+    # Freezing lets inductor constant-fold the (already BN-folded) weights and prepack them for
+    # oneDNN; it is off by default.
+    inductor_config.freezing = True
+    return torch.compile(module, dynamic=False)
+
+
+def _compiled_call(fused):
+    return _torch_call(compile_frozen(fused))
+
+
+def benchmark_model(spec: str, resolution: int | None = None, calib_size: int = 64,
+                    want_calib: bool = True, log=print):
+    """The model bench measures for `spec`: (model, meta for `export`, export info, calibration
+    images or None). A checkpoint keeps its weights; a model name gets random weights whose BN
+    statistics come from `calib_size` Fashion-MNIST images at the input size (always drawn then).
+    """
+    model, ckpt_meta = resolve_model(spec)
+    info = export_metadata(model, ckpt_meta)
+    if resolution:
+        info["preprocessing"].update(resolution=resolution, resize=resolution)
+        info["input_shape"][-2:] = [resolution, resolution]
+    pre = info["preprocessing"]
+    need_calib = not ckpt_meta or want_calib
+    calib = calibration_set("fashion-mnist", pre, calib_size) if need_calib else None
+    if not ckpt_meta:
+        log(f"calibrating batch-norm statistics of random-weight {spec} on {len(calib)} "
+            f"Fashion-MNIST images at {pre['resolution']} px")
+        calibrate_batchnorm(model, calib)
+    meta = {**ckpt_meta, "preprocessing": pre} if ckpt_meta else {"preprocessing": pre}
+    return model, meta, info, calib
+
+
+def contenders(spec: str, backends: list[str], vs: list[str], workdir: Path, threads: int,
+               resolution: int | None = None, calib_size: int = 64, log=print) -> tuple[list[Contender], dict]:
+    """Build every contender for `spec` (model name, .safetensors or .onnx file)."""
+
+    if spec.endswith(".onnx"):
+        meta = onnx_metadata(spec)
+        ref = create_model(meta["model"], **meta.get("model_kwargs", {}))
+        madds = _madds(ref, meta["input_shape"][-1])
+        return [Contender("onnxruntime", meta.get("precision", "fp32"), madds,
+                          _ort_call(spec, threads))], meta
+    model, meta, info, calib = benchmark_model(spec, resolution, calib_size, "int8" in backends, log)
+    res = info["preprocessing"]["resolution"]
+    madds = _madds(model, res)
+    out: list[Contender] = []
+    fused = prepare_for_inference(model)
+    if "eager" in backends:
+        out.append(Contender("eager", "fp32", madds, _torch_call(fused)))
+    if "compiled" in backends:
+        out.append(Contender("compiled", "fp32", madds, _compiled_call(fused)))
+    if "onnxruntime" in backends or "int8" in backends:
+        fp32 = workdir / "fp32.onnx"
+        log(f"exporting {spec} to ONNX")
+        # Checked on real images: they keep the random-weight model in the range its BN
+        # statistics came from, where its activations bend (see export.EXPORT_RTOL).
+        export(model, fp32, "onnx", meta, check_inputs=None if calib is None else calib[:3])
+        if "onnxruntime" in backends:
+            out.append(Contender("onnxruntime", "fp32", madds, _ort_call(fp32, threads)))
+        if "int8" in backends:
+            log(f"quantizing to int8 with {len(calib)} calibration images")
+            q = workdir / "int8.onnx"
+            quantize_onnx(fp32, q, calib)
+            out.append(Contender("int8", "int8", madds, _ort_call(q, threads)))
+    for peer in vs:
+        out += _peer_contenders(peer, model, res, workdir, threads)
+    return out, info
+
+
+def _madds(model, res: int) -> int:
+    """Multiply-adds per image. Profiled on the BN-folded copy: the same convolutions, and no
+    batch norm to refuse the profiler's batch of one where the last feature map is 1×1."""
+    return profile(prepare_for_inference(model, channels_last=False), res)["madds"]
+
+
+TORCHVISION_PEERS = {"mobilenet_v2": "mobilenet_v2", "mobilenet_v3_large": "mobilenet_v3_large",
+                     "mobilenet_v3_small": "mobilenet_v3_small"}
+
+
+def _peer_contenders(peer: str, model, res: int, workdir: Path, threads: int) -> list[Contender]:
+    import torchvision
+    if peer != "torchvision":
+        raise MobileNetsError(f"--vs {peer!r} is not one of {', '.join(PEERS)}")
+    name = getattr(model, "model_name", "")
+    tv_name = TORCHVISION_PEERS.get(model.arch.family)
+    width = (getattr(model, "model_kwargs", {}) or {}).get(
+        "width_mult", model_defaults(name).get("width_mult", 1.0) if name else 1.0)
+    if tv_name is None or (width != 1.0 and tv_name != "mobilenet_v2"):
+        return []   # torchvision has no MobileNetV1 and V3 only at width 1.0
+    kw = {"width_mult": width} if tv_name == "mobilenet_v2" else {}
+    tv = getattr(torchvision.models, tv_name)(**kw).eval()
+    tv.pretrained_cfg = {"in_chans": 3}
+    madds = profile(tv, res)["madds"]
+    out = [Contender("torchvision-eager", "fp32", madds,
+                     _torch_call(tv.to(memory_format=torch.channels_last)))]
+    path = workdir / "torchvision.onnx"
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    torch.onnx.export(tv, (torch.randn(2, 3, res, res),), str(path), input_names=["images"],
+                      output_names=["logits"], dynamic_shapes={"x": {0: batch}},
+                      external_data=False, verbose=False)
+    out.append(Contender("torchvision-onnxruntime", "fp32", madds, _ort_call(path, threads)))
+    return out
+
+
+def run_bench(spec: str, batches=(1, 32), backends=("eager", "onnxruntime", "int8"), vs=(),
+              threads: int | None = None, repeats: int = 30, budget_s: float = 20.0,
+              resolution: int | None = None, log=print) -> tuple[list[dict], dict]:
+    """Time every contender at every batch size: (rows as in the --json contract, machine info).
+    Call `mobilenets.tune_allocator()` first for eager numbers like the CLI's."""
+    log = log or (lambda *a: None)
+    bad = [b for b in backends if b not in BACKENDS]
+    if bad:
+        raise MobileNetsError(f"--backends {','.join(bad)}: allowed: {', '.join(BACKENDS)}")
+    if any(not isinstance(b, int) or b < 1 for b in batches):
+        raise MobileNetsError(f"--batch {batches}: allowed: integers >= 1")
+    peak = cpu_peak()
+    threads = threads or peak["cores"]
+    torch.set_num_threads(threads)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mobilenets-bench-") as tmp:
+        cands, info = contenders(spec, list(backends), list(vs), Path(tmp), threads,
+                                 resolution=resolution, log=log)
+        shape = info["input_shape"]
+        for c in cands:
+            for b in batches:
+                x = torch.randn(b, *shape)
+                # The first compiled calls compile, and inductor's worker processes keep the CPU
+                # busy a while after: calls right after compiling were 18× slower once here
+                # (load may explain it too), so they get a longer warm-up.
+                warmup = 2 if c.backend != "compiled" else 10
+                times = time_runs(c.make_call(x), repeats if b < 8 else max(5, repeats // 3),
+                                  warmup, budget_s)
+                med = statistics.median(times)
+                gflops = 2 * c.madds * b / med / 1e9
+                rows.append(dict(backend=c.backend, precision=c.precision, batch=b,
+                                 median_ms=round(med * 1e3, 3), images_per_s=round(b / med, 2),
+                                 gflops_per_s=round(gflops, 2),
+                                 peak_fraction=round(gflops / peak["gflops"], 4)))
+                log(f"  {c.backend:24s} batch {b:3d}: {med * 1e3:8.2f} ms ({len(times)} runs)")
+    machine = dict(peak, threads=threads, load_average=os.getloadavg(), torch=torch.__version__,
+                   model=spec, input_shape=shape)
+    return rows, machine
+
+
+def format_table(rows: list[dict], machine: dict) -> str:
+    lines = [f"fp32 peak {machine['gflops']:.0f} GFLOP/s = {machine['formula']}; "
+             f"{machine['threads']} threads; load average {machine['load_average'][0]:.2f}",
+             f"{'backend':24s} {'prec':5s} {'batch':>5s} {'median ms':>10s} {'img/s':>9s} "
+             f"{'GFLOP/s':>8s} {'of peak':>8s}"]
+    for r in rows:
+        lines.append(f"{r['backend']:24s} {r['precision']:5s} {r['batch']:5d} {r['median_ms']:10.2f} "
+                     f"{r['images_per_s']:9.1f} {r['gflops_per_s']:8.1f} {r['peak_fraction']:8.1%}")
+    return "\n".join(lines)

@@ -1,0 +1,249 @@
+"""Export a model to ONNX, TorchScript or torch.export (.pt2), with its metadata inside the file.
+
+Each exported file carries one JSON document (key / extra file `mobilenets.json`):
+  format "mobilenets/1", model, model_kwargs, classes, preprocessing, precision, input_shape
+so that `Predictor` can feed it and name its classes without the checkpoint. Exports are of the
+inference form (`fuse.prepare_for_inference`), have a dynamic batch dimension and a fixed image
+size, and are checked against the PyTorch model before they are renamed into place: a failed
+export or check leaves no file behind.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..core.errors import MobileNetsError
+from .fuse import prepare_for_inference
+from ..core.io import atomic_path
+from ..models.mobilenet import create_model, list_models
+from ..models.mobilenet import load_model
+
+FORMATS = ("onnx", "torchscript", "pt2")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".ts", "pt2": ".pt2"}
+METADATA_KEY = "mobilenets.json"
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+MAX_BATCH = 4096
+# The check compares an exported file with the exact answer (the same model run in float64) and
+# allows it what float32 costs on this model and input: max(EXPORT_RTOL, FP32_NOISE_FACTOR ×
+# PyTorch float32's own error), at most EXPORT_MAX_RTOL; an error is max |Δ| / max |exact|.
+# Well-conditioned models (V1, V2, trained ones) are ~1e-6 off in float32 and keep EXPORT_RTOL.
+# A V3 whose BN statistics come from Fashion-MNIST is not, on Gaussian inputs: activations reach
+# ~1e4, squeeze-excite gates amplify rounding ~1000×, and PyTorch float32 itself is up to 1e-3
+# from float64. ONNX Runtime's per-layer errors are the same size, but its amplified total was
+# 0.3–3.2× PyTorch's on bench's V3 models and 14× on one made 30× worse (docs/deploy.md).
+# A swapped activation that the inputs exercise is 4e-2 off or more; past EXPORT_MAX_RTOL the
+# check could no longer tell such a bug from rounding, so it refuses rather than passes.
+EXPORT_RTOL = 1e-4
+FP32_NOISE_FACTOR = 16
+EXPORT_MAX_RTOL = 1e-2
+
+
+def preprocessing_of(model: nn.Module, meta: dict | None = None) -> dict:
+    """The preprocessing a checkpoint records, else the model's pretrained_cfg."""
+    if meta and meta.get("preprocessing"):
+        return dict(meta["preprocessing"])
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    res = int(cfg.get("resolution", 224))
+    return dict(resolution=res, resize=int(round(res / cfg.get("crop_pct", 1.0))),
+                mean=list(cfg.get("mean", (0.0,))), std=list(cfg.get("std", (1.0,))),
+                in_chans=int(cfg.get("in_chans", 3)),
+                interpolation=cfg.get("interpolation", "bilinear"))
+
+
+def export_metadata(model: nn.Module, meta: dict | None = None, precision: str = "fp32") -> dict:
+    meta = meta or {}
+    pre = preprocessing_of(model, meta)
+    return {
+        "format": "mobilenets/1",
+        "model": meta.get("model", getattr(model, "model_name", type(model).__name__)),
+        "model_kwargs": meta.get("model_kwargs", getattr(model, "model_kwargs", {})),
+        "classes": meta.get("classes", getattr(model, "classes", None)),
+        "preprocessing": pre,
+        "precision": precision,
+        "input_shape": [pre["in_chans"], pre["resolution"], pre["resolution"]],
+    }
+
+
+def resolve_model(spec: str, **model_kwargs) -> tuple[nn.Module, dict]:
+    """A checkpoint path (loaded) or a registered model name (random weights): (model, meta)."""
+    if spec in list_models() and not os.path.exists(spec):
+        return create_model(spec, **model_kwargs).eval(), {}
+    if os.path.exists(spec) and not spec.endswith(".safetensors"):
+        raise MobileNetsError(f"{spec}: not a .safetensors checkpoint; allowed: a checkpoint or a "
+                              "model name (see `mobilenets models`)")
+    model, meta = load_model(spec, **model_kwargs)
+    return model.eval(), meta
+
+
+def example_input(meta: dict, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    """Inputs in the range the network sees after normalisation (unit Gaussian)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, *meta["input_shape"], generator=g)
+
+
+def _rel_error(got, ref64) -> float:
+    """max |got − ref| over max |ref|: the largest error relative to the largest logit; for
+    several outputs (a detector's boxes and scores), the largest over them."""
+    if isinstance(ref64, (tuple, list)):
+        return max(_rel_error(g, r) for g, r in zip(got, ref64))
+    diff = (torch.as_tensor(got).double() - ref64).abs().max()
+    return (diff / ref64.abs().max().clamp_min(1e-300)).item()
+
+
+class ExportReference:
+    """The exact answer on the check's inputs (the model in float64) and PyTorch float32's own
+    error against it, which sets how far an exported file may be from it (see EXPORT_RTOL).
+    Models with several outputs are compared output by output."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor):
+        with torch.inference_mode():
+            self.exact = copy.deepcopy(model).eval().double()(x.double())
+            self.fp32_error = _rel_error(model.eval()(x), self.exact)
+        self.allowed = min(max(EXPORT_RTOL, FP32_NOISE_FACTOR * self.fp32_error), EXPORT_MAX_RTOL)
+
+    def check(self, name: str, got, path: Path) -> float:
+        err = _rel_error(got, self.exact)
+        if not err <= self.allowed:
+            raise MobileNetsError(
+                f"{path}: {name} export is {err:.2e} from the float64 reference (relative; allowed "
+                f"{self.allowed:.1e}, PyTorch float32 is {self.fp32_error:.1e}); file not written")
+        return err
+
+
+def onnx_metadata(path: str | os.PathLike) -> dict:
+    import onnx
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError, OSError, ... for a bad file
+        raise MobileNetsError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
+    props = {p.key: p.value for p in proto.metadata_props}
+    return _parse_meta(props.get(METADATA_KEY), path)
+
+
+def _parse_meta(text: str | bytes | None, path) -> dict:
+    if not text:
+        raise MobileNetsError(f"{path}: has no mobilenets metadata ({METADATA_KEY}); "
+                              "export it with `mobilenets export`")
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError:
+        raise MobileNetsError(f"{path}: its {METADATA_KEY} metadata is not valid JSON") from None
+    if not isinstance(meta, dict) or meta.get("format") != "mobilenets/1":
+        raise MobileNetsError(f"{path}: its metadata is not mobilenets/1")
+    return meta
+
+
+def load_torchscript(path) -> tuple[torch.nn.Module, str]:
+    extra = {METADATA_KEY: ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            module = torch.jit.load(str(path), _extra_files=extra)
+        except RuntimeError as e:
+            raise MobileNetsError(f"{path}: not a readable TorchScript file ({str(e).splitlines()[0][:100]})") from None
+    return module.eval(), extra[METADATA_KEY]
+
+
+def load_pt2(path) -> tuple[torch.nn.Module, str]:
+    extra = {METADATA_KEY: ""}
+    try:
+        with open(path, "rb") as f:
+            program = torch.export.load(f, extra_files=extra)
+    except (RuntimeError, ValueError, KeyError, OSError) as e:
+        raise MobileNetsError(f"{path}: not a readable torch.export file ({str(e).splitlines()[0][:100]})") from None
+    return program.module(), extra[METADATA_KEY]
+
+
+def write_onnx(model: nn.Module, path: Path, meta: dict, x: torch.Tensor) -> torch.nn.Module:
+    import onnx
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    program = torch.onnx.export(model, (x,), None, input_names=[INPUT_NAME],
+                                output_names=[OUTPUT_NAME], dynamic_shapes={"x": {0: batch}},
+                                external_data=False, verbose=False)
+    proto = program.model_proto
+    onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(meta)})
+    onnx.save(proto, str(path))
+    return proto
+
+
+def ort_session(path: str | os.PathLike, threads: int | None = None):
+    """An ONNX Runtime CPU session with full graph optimisation and `threads` intra-op threads."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads or torch.get_num_threads()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own Fail / InvalidGraph types
+        raise MobileNetsError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:120]})") from None
+
+
+def export(model: nn.Module, path: str | os.PathLike, fmt: str, meta: dict | None = None,
+           check: bool = True, check_inputs: torch.Tensor | None = None) -> dict:
+    """Write `model` (any mobilenets model; fused here) to `path` in `fmt`.
+
+    The file is run on `check_inputs` (preprocessed images; by default 3 unit-Gaussian ones): pass
+    real images where there are some, since only inputs like the model's data exercise its
+    activations where they bend.
+
+    Returns {"path", "format", "max_rel_error", "fp32_rel_error", "allowed_rel_error"}: the
+    file's and PyTorch float32's largest errors against the float64 model, relative to the
+    largest logit, and the bound (see EXPORT_RTOL); raises MobileNetsError when the export fails
+    or its error exceeds the bound.
+    """
+    if fmt not in FORMATS:
+        raise MobileNetsError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    path = Path(path)
+    info = export_metadata(model, meta)
+    fused = prepare_for_inference(model, channels_last=fmt != "onnx")
+    x = example_input(info, batch=2)
+    x3 = example_input(info, batch=3, seed=1) if check_inputs is None else check_inputs
+    if len(x3) == len(x):
+        x3 = torch.cat([x3, x3[:1]])   # a batch size the export never saw
+    ref = ExportReference(model, x3) if check else None
+    err = float("nan")
+    with atomic_path(path) as tmp:
+        try:
+            if fmt == "onnx":
+                write_onnx(fused, tmp, info, x)
+                if check:
+                    got = ort_session(tmp).run(None, {INPUT_NAME: x3.numpy()})[0]
+                    err = ref.check("ONNX", got, path)
+            elif fmt == "torchscript":
+                with torch.no_grad(), warnings.catch_warnings():
+                    # TorchScript is deprecated upstream but still what C++/mobile runtimes load.
+                    warnings.simplefilter("ignore", FutureWarning)
+                    traced = torch.jit.trace(fused, (x,), check_trace=False)
+                    traced = torch.jit.freeze(traced.eval())
+                    torch.jit.save(traced, str(tmp), _extra_files={METADATA_KEY: json.dumps(info)})
+                if check:
+                    with torch.inference_mode():
+                        got = load_torchscript(tmp)[0](x3)
+                    err = ref.check("TorchScript", got, path)
+            else:
+                batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+                program = torch.export.export(fused, (x,), dynamic_shapes=({0: batch},))
+                # A file object: torch.export insists on a .pt2 name, which the temp file lacks.
+                with open(tmp, "wb") as f:
+                    torch.export.save(program, f, extra_files={METADATA_KEY: json.dumps(info)})
+                if check:
+                    with open(tmp, "rb") as f, torch.inference_mode():
+                        got = torch.export.load(f).module()(x3)
+                    err = ref.check("torch.export", got, path)
+        except MobileNetsError:
+            raise
+        except Exception as e:  # the exporters raise many types; one line, then no file
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise MobileNetsError(f"{path}: {fmt} export failed ({type(e).__name__}: {first})") from None
+    return {"path": str(path), "format": fmt, "max_rel_error": err,
+            "fp32_rel_error": ref.fp32_error if ref else float("nan"),
+            "allowed_rel_error": ref.allowed if ref else float("nan")}

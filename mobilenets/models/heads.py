@@ -1,0 +1,287 @@
+"""Task models on MobileNet backbones: SSDLite detection (V2 §6.2), Mobile DeepLabv3 (V2 §6.3)
+and LR-ASPP segmentation (V3 §6.3).
+
+The backbone keeps the classifier's module names (`stem`, `blocks.N`, `last_conv`), so the
+weights of a trained classifier load into it by name.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .detection import anchors_per_cell, make_anchors, postprocess
+from ..core.errors import MobileNetsError
+from .layers import ConvBNAct
+from .mobilenet import IMAGENET_MEAN, IMAGENET_STD, mobilenet, register_model
+from .profile import profile
+
+# SSDLite's extra feature layers after the stride-32 map (TF object detection API,
+# ssd_mobilenet_v2_feature_extractor: layer depths [-1, -1, 512, 256, 256, 128]).
+SSD_EXTRA_DEPTHS = (512, 256, 256, 128)
+SSD_MIN_DEPTH = 16
+# DeepLab's ASPP: 256 channels per branch; atrous rates (6, 12, 18) at output stride 16,
+# doubled at output stride 8.
+ASPP_CHANNELS = 256
+ASPP_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
+LRASPP_CHANNELS = 128
+
+
+def _check_classes(num_classes, low: int) -> None:
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < low:
+        raise MobileNetsError(f"num_classes={num_classes!r} is out of range; allowed: integer >= {low}")
+
+
+def _cumulative_strides(arch) -> list[int]:
+    """Output stride after each block."""
+    strides, s = [], arch.stem_stride
+    for b in arch.blocks:
+        s *= b.stride
+        strides.append(s)
+    return strides
+
+
+def _pretrained_cfg(resolution: int, in_chans: int) -> dict:
+    return dict(resolution=resolution, mean=IMAGENET_MEAN, std=IMAGENET_STD, in_chans=in_chans,
+                interpolation="bilinear")
+
+
+def _separable(in_ch: int, out_ch: int, bn_eps: float) -> nn.Sequential:
+    """SSDLite's prediction layer: 3×3 depthwise (BN, ReLU6) then a 1×1 conv with bias."""
+    return nn.Sequential(ConvBNAct(in_ch, in_ch, 3, groups=in_ch, bn_eps=bn_eps),
+                         nn.Conv2d(in_ch, out_ch, 1))
+
+
+class SSDLite(nn.Module):
+    """SSD with every prediction layer depthwise separable, on a MobileNet backbone.
+
+    Feature maps: the expansion of the block that takes the network from stride 16 to 32 (V2's
+    15th layer, 576 channels; V3-Large's 13th bneck, 672), the backbone's last layer (stride 32),
+    then four extra layers (1×1 conv to half depth, 3×3 depthwise stride 2, 1×1 conv).
+    `forward` returns class logits (B, N, num_classes, background first) and box deltas (B, N, 4)
+    for the N anchors of `anchors(image_size)`; `detect` turns them into boxes.
+    """
+    task = "detection"
+
+    def __init__(self, backbone: str = "mobilenet_v2", num_classes: int = 91,
+                 width_mult: float = 1.0, in_chans: int = 3, minimalistic: bool = False,
+                 bn_eps: float = 1e-3):
+        super().__init__()
+        _check_classes(num_classes, 2)
+        extra = dict(minimalistic=True) if minimalistic else {}
+        net = mobilenet(backbone, width_mult, num_classes=0, in_chans=in_chans, bn_eps=bn_eps, **extra)
+        self.arch, self.num_classes = net.arch, num_classes
+        self.stem, self.blocks, self.last_conv = net.stem, net.blocks, net.last_conv
+        strides = _cumulative_strides(self.arch)
+        self.split = next(i for i, s in enumerate(strides) if s == 32)
+        split_block = self.blocks[self.split]
+        if not isinstance(split_block.expand, ConvBNAct):
+            raise MobileNetsError(
+                f"{backbone}: block {self.split} has no expansion layer to attach SSDLite to")
+        chans = [split_block.expand.out_channels, self.arch.last_conv_ch]
+        extras = []
+        for d in SSD_EXTRA_DEPTHS:
+            d = max(int(d * width_mult), SSD_MIN_DEPTH)
+            half = d // 2
+            extras.append(nn.Sequential(
+                ConvBNAct(chans[-1], half, 1, bn_eps=bn_eps),
+                ConvBNAct(half, half, 3, 2, groups=half, bn_eps=bn_eps),
+                ConvBNAct(half, d, 1, bn_eps=bn_eps)))
+            chans.append(d)
+        self.extras = nn.ModuleList(extras)
+        self.num_anchors = anchors_per_cell(len(chans))
+        self.box_heads = nn.ModuleList(_separable(c, a * 4, bn_eps) for c, a in zip(chans, self.num_anchors))
+        self.cls_heads = nn.ModuleList(_separable(c, a * num_classes, bn_eps)
+                                       for c, a in zip(chans, self.num_anchors))
+        self.feature_channels = chans
+        self.pretrained_cfg = _pretrained_cfg(320, in_chans)
+        self._init_heads()
+
+    def _init_heads(self) -> None:
+        for m in [*self.extras.modules(), *self.box_heads.modules(), *self.cls_heads.modules()]:
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        for block in self.blocks[:self.split]:
+            x = block(x)
+        block = self.blocks[self.split]
+        wide = block.expand(x)
+        # The split block strides by 2, so it has no shortcut: its output is just the rest of it.
+        x = block.project(block.se(block.depthwise(wide)))
+        for b in self.blocks[self.split + 1:]:
+            x = b(x)
+        feats = [wide, self.last_conv(x)]
+        for layer in self.extras:
+            feats.append(layer(feats[-1]))
+        return feats
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, deltas = [], []
+        n = x.shape[0]
+        for f, box_head, cls_head in zip(self.features(x), self.box_heads, self.cls_heads):
+            # (B, A·k, H, W) → (B, H·W·A, k): anchors ordered by row, column, cell shape.
+            deltas.append(box_head(f).permute(0, 2, 3, 1).reshape(n, -1, 4))
+            logits.append(cls_head(f).permute(0, 2, 3, 1).reshape(n, -1, self.num_classes))
+        return torch.cat(logits, 1), torch.cat(deltas, 1)
+
+    def feature_sizes(self, image_size: tuple[int, int]) -> list[tuple[int, int]]:
+        """Every stride-2 layer here maps n to ceil(n / 2)."""
+        def down(n: int, times: int) -> int:
+            for _ in range(times):
+                n = (n + 1) // 2
+            return n
+        h, w = image_size
+        sizes = [(down(h, 4), down(w, 4))]
+        for _ in range(len(self.feature_channels) - 1):
+            h0, w0 = sizes[-1]
+            sizes.append(((h0 + 1) // 2, (w0 + 1) // 2))
+        return sizes
+
+    def anchors(self, image_size: tuple[int, int]) -> torch.Tensor:
+        return make_anchors(self.feature_sizes(image_size), image_size)
+
+    @torch.no_grad()
+    def detect(self, x: torch.Tensor, **kwargs) -> list[dict[str, torch.Tensor]]:
+        """Boxes (pixels of `x`), scores and labels per image; kwargs go to `postprocess`."""
+        logits, deltas = self(x)
+        size = tuple(x.shape[-2:])
+        return postprocess(logits, deltas, self.anchors(size), size, **kwargs)
+
+
+class ASPP(nn.Module):
+    """DeepLabv3's head as the DeepLab code builds it for MobileNetV2: image pooling and 1×1
+    branches, optionally three 3×3 atrous branches, concatenated and projected to 256."""
+
+    def __init__(self, in_ch: int, rates: tuple[int, ...] = (), channels: int = ASPP_CHANNELS,
+                 bn_eps: float = 1e-5):
+        super().__init__()
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1),
+                                  ConvBNAct(in_ch, channels, 1, act="relu", bn_eps=bn_eps))
+        self.branches = nn.ModuleList(
+            [ConvBNAct(in_ch, channels, 1, act="relu", bn_eps=bn_eps)]
+            + [ConvBNAct(in_ch, channels, 3, dilation=r, act="relu", bn_eps=bn_eps) for r in rates])
+        self.project = ConvBNAct(channels * (len(rates) + 2), channels, 1, act="relu", bn_eps=bn_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = F.interpolate(self.pool(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.project(torch.cat([pooled, *(b(x) for b in self.branches)], 1))
+
+
+class DeepLabV3(nn.Module):
+    """Mobile DeepLabv3 (V2 Table 7, "MNet V2*"): the head on the 320-channel map of the last
+    bottleneck, atrous convolution for output stride 16 or 8. aspp=False keeps only the image
+    pooling and 1×1 branches (the DeepLab code's MobileNetV2 default)."""
+    task = "segmentation"
+
+    def __init__(self, backbone: str = "mobilenet_v2", num_classes: int = 21,
+                 output_stride: int = 16, aspp: bool = True, width_mult: float = 1.0,
+                 in_chans: int = 3, dropout: float = 0.1):
+        super().__init__()
+        _check_classes(num_classes, 1)
+        if output_stride not in ASPP_RATES:
+            raise MobileNetsError(f"output_stride={output_stride!r} is not one of 8, 16")
+        net = mobilenet(backbone, width_mult, num_classes=0, in_chans=in_chans,
+                        output_stride=output_stride)
+        self.arch, self.num_classes = net.arch, num_classes
+        self.stem, self.blocks = net.stem, net.blocks
+        self.aspp = ASPP(self.arch.blocks[-1].out_ch, ASPP_RATES[output_stride] if aspp else ())
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Conv2d(ASPP_CHANNELS, num_classes, 1)
+        self.pretrained_cfg = _pretrained_cfg(512, in_chans)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.classifier(self.dropout(self.aspp(self.blocks(self.stem(x)))))
+        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class LRASPP(nn.Module):
+    """Lite R-ASPP (V3 §6.3, Fig. 10): on the stride-16 last layer, a 1×1 conv (128, BN, ReLU)
+    gated by a pooled 1×1 conv with sigmoid, upsampled and classified, plus a 1×1 classifier on
+    the stride-8 features. The gate pools globally (the paper's 49×49 pooling window with
+    stride (16, 20) is tied to its 1024×2048 Cityscapes crops)."""
+    task = "segmentation"
+
+    def __init__(self, backbone: str = "mobilenet_v3_large", num_classes: int = 21,
+                 output_stride: int = 16, width_mult: float = 1.0, in_chans: int = 3,
+                 minimalistic: bool = False):
+        super().__init__()
+        _check_classes(num_classes, 1)
+        extra = dict(minimalistic=True) if minimalistic else {}
+        net = mobilenet(backbone, width_mult, num_classes=0, in_chans=in_chans,
+                        output_stride=output_stride, **extra)
+        self.arch, self.num_classes = net.arch, num_classes
+        self.stem, self.blocks, self.last_conv = net.stem, net.blocks, net.last_conv
+        strides = _cumulative_strides(self.arch)
+        self.low_index = max(i for i, s in enumerate(strides) if s == 8)
+        low_ch, high_ch = self.arch.blocks[self.low_index].out_ch, self.arch.last_conv_ch
+        self.cbr = ConvBNAct(high_ch, LRASPP_CHANNELS, 1, act="relu")
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1),
+                                  nn.Conv2d(high_ch, LRASPP_CHANNELS, 1, bias=False), nn.Sigmoid())
+        self.low_classifier = nn.Conv2d(low_ch, num_classes, 1)
+        self.high_classifier = nn.Conv2d(LRASPP_CHANNELS, num_classes, 1)
+        self.pretrained_cfg = _pretrained_cfg(512, in_chans)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        x = self.stem(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i == self.low_index:
+                low = x
+        high = self.last_conv(x)
+        y = self.cbr(high) * self.gate(high)
+        y = F.interpolate(y, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        y = self.low_classifier(low) + self.high_classifier(y)
+        return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+
+
+register_model("ssdlite_mobilenet_v2", SSDLite, backbone="mobilenet_v2")
+register_model("ssdlite_mobilenet_v3_large", SSDLite, backbone="mobilenet_v3_large")
+register_model("deeplabv3_mobilenet_v2", DeepLabV3, backbone="mobilenet_v2", num_classes=21,
+               output_stride=16, aspp=True)
+register_model("lraspp_mobilenet_v3_large", LRASPP, backbone="mobilenet_v3_large")
+
+
+def reference_madds(model: nn.Module, resolution: int, scales: tuple[float, ...] = (1.0,),
+                    flip: bool = False) -> int:
+    """Multiply-adds as the DeepLab reference (TensorFlow) spends them, which is how V2 Table 7
+    counts: an atrous conv of rate r runs through space_to_batch on a map padded up to a
+    multiple of r; multi-scale inference resizes the side to (resolution - 1)·s + 1; a flip
+    doubles every pass. Table 7's figures come out at the DeepLab code's 513 px crop."""
+    modules = dict(model.named_modules())
+    total = 0
+    for s in scales:
+        for layer in profile(model, int((resolution - 1) * s + 1))["layers"]:
+            rate = getattr(modules[layer["name"]], "dilation", (1, 1))[0]
+            _, h, w = layer["output_shape"]
+            padded = -(-h // rate) * rate * (-(-w // rate) * rate)
+            total += layer["madds"] * padded // (h * w)
+    return total * (2 if flip else 1)
+
+
+# DeepLab's multi-scale inference scales (V2 Table 7, "MF").
+MF_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+@torch.no_grad()
+def segment_multi_scale(model: nn.Module, images: torch.Tensor, scales=MF_SCALES,
+                        flip: bool = True) -> torch.Tensor:
+    """Class probabilities (B, C, H, W) averaged over resized (side (n - 1)·s + 1, as the DeepLab
+    code resizes) and left-right flipped inputs, each brought back to the input size."""
+    h, w = images.shape[-2:]
+    total, passes = 0, 0
+    for s in scales:
+        x = images if s == 1 else F.interpolate(
+            images, size=(int((h - 1) * s + 1), int((w - 1) * s + 1)), mode="bilinear",
+            align_corners=True)
+        for flipped in ((False, True) if flip else (False,)):
+            y = model(x.flip(-1) if flipped else x)
+            y = y.flip(-1) if flipped else y
+            y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+            total = total + y.softmax(1)
+            passes += 1
+    return total / passes

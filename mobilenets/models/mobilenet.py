@@ -1,0 +1,308 @@
+"""One model class for every MobileNet, built from a resolved `Arch`; the model registry; and
+the loaders that rebuild a model from a weights file."""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+import os
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..core.errors import MobileNetsError
+from .layers import ConvBNAct, InvertedResidual, make_activation
+from .specs import Arch, build_arch
+from .weights import load_state_into, load_weights, read_metadata, resolve_weights
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class MobileNet(nn.Module):
+    """stem → blocks → [last 1×1 conv] → pool → [V3 head layer] → dropout → classifier.
+
+    With `features_only=True` only the stem and blocks are built and `forward` returns the
+    feature maps at the levels in `out_indices`; `feature_info` gives their channels and
+    strides.
+    """
+
+    def __init__(self, arch: Arch, num_classes: int = 1000, in_chans: int = 3,
+                 features_only: bool = False, out_indices: tuple[int, ...] | None = None,
+                 padding: str = "symmetric", bn_eps: float = 1e-5, bn_momentum: float = 0.1):
+        super().__init__()
+        self.arch = arch
+        norm = dict(padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum)
+        self.stem = ConvBNAct(in_chans, arch.stem_ch, 3, arch.stem_stride, act=arch.stem_act, **norm)
+        self.blocks = nn.Sequential(*[
+            InvertedResidual(b.in_ch, b.out_ch, b.expand_ch, b.kernel, b.stride, b.dilation,
+                             b.se_ch, b.act, b.proj_act, b.shortcut, **norm)
+            for b in arch.blocks])
+        self.feature_info = self._feature_info()
+        self.features_only = features_only
+        if features_only:
+            n = len(self.feature_info)
+            out_indices = tuple(range(n)) if out_indices is None else tuple(out_indices)
+            bad = [i for i in out_indices if not -n <= i < n]
+            if bad or not out_indices:
+                raise MobileNetsError(f"out_indices={out_indices!r} is out of range; allowed: 0..{n - 1}")
+            self.out_indices = tuple(i % n for i in out_indices)
+            self.feature_info = [self.feature_info[i] for i in self.out_indices]
+            self.num_features = self.feature_info[-1]["num_chs"]
+            return
+
+        ch = arch.blocks[-1].out_ch
+        self.last_conv = (ConvBNAct(ch, arch.last_conv_ch, 1, act=arch.last_conv_act, **norm)
+                          if arch.last_conv_ch else nn.Identity())
+        ch = arch.last_conv_ch or ch
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
+        # V3's efficient last stage: the widest layer works on the pooled 1×1 map, without BN.
+        self.head = (nn.Sequential(nn.Linear(ch, arch.head_ch), make_activation(arch.head_act))
+                     if arch.head_ch else nn.Identity())
+        self.num_features = arch.head_ch or ch
+        self.dropout = nn.Dropout(arch.dropout)
+        self.classifier = (nn.Linear(self.num_features, num_classes) if num_classes > 0
+                           else nn.Identity())
+        self._init_weights()
+
+    def _feature_info(self) -> list[dict]:
+        layers = [("stem", self.arch.stem_ch, self.arch.stem_stride)]
+        stride = self.arch.stem_stride
+        for i, b in enumerate(self.arch.blocks):
+            stride *= b.stride
+            layers.append((f"blocks.{i}", b.out_ch, stride))
+        return [dict(module=layers[i][0], num_chs=layers[i][1], reduction=layers[i][2], index=i)
+                for i in self.arch.feature_levels]
+
+    def _init_weights(self) -> None:
+        # As torchvision's MobileNets do: He init (fan-out) for convs, N(0, 0.01) for linears.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last_conv(self.blocks(self.stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head(self.flatten(self.pool(x)))
+        return x if pre_logits else self.classifier(self.dropout(x))
+
+    def forward(self, x: torch.Tensor):
+        if self.features_only:
+            return self._forward_levels(x)
+        return self.forward_head(self.forward_features(x))
+
+    def _forward_levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        wanted = {info["index"] for info in self.feature_info}
+        last = max(wanted)
+        out = []
+        x = self.stem(x)
+        if 0 in wanted:
+            out.append(x)
+        for i, block in enumerate(self.blocks, start=1):
+            if i > last:
+                break
+            x = block(x)
+            if i in wanted:
+                out.append(x)
+        return out
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.classifier = (nn.Linear(self.num_features, num_classes) if num_classes > 0
+                           else nn.Identity())
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+
+_REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict]] = {}
+
+
+def register_model(name: str, builder: Callable[..., nn.Module], **defaults) -> None:
+    """Register `name` so that `create_model(name, **kw)` calls `builder(**defaults, **kw)`."""
+    _REGISTRY[name] = (builder, defaults)
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    names = sorted(_REGISTRY)
+    return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+
+
+def model_defaults(name: str) -> dict:
+    return dict(_get(name)[1])
+
+
+def model_task(name: str) -> str:
+    """What a registered model does: "classification", or the `task` its class declares
+    ("detection", "segmentation")."""
+    return getattr(_get(name)[0], "task", "classification")
+
+
+def _get(name: str):
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see `mobilenets models`"
+        raise MobileNetsError(f"unknown model {name!r}{hint}")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, pretrained: str | None = None, **kwargs) -> nn.Module:
+    """Build a registered model. `pretrained` is a weights file or an http(s) URL of one (see
+    `mobilenets.models.weights`); the options it was saved with (e.g. TF padding) fill in any the name
+    and `kwargs` leave open."""
+    builder, defaults = _get(name)
+    params = inspect.signature(builder).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            raise MobileNetsError(
+                f"{name} does not take {', '.join(unknown)}; it takes {', '.join(sorted(params))}")
+    saved = {}
+    if pretrained:
+        pretrained = resolve_weights(pretrained)
+        saved = {k: v for k, v in saved_options(pretrained, defaults.get("family")).items()
+                 if k not in defaults and k in params}
+    options = {**saved, **defaults, **kwargs}
+    model = builder(**options)
+    model.model_name = name
+    model.model_kwargs = {**saved, **kwargs}
+    if pretrained:
+        load_pretrained(model, pretrained)
+    return model
+
+
+def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_chans: int = 3,
+              dropout: float | None = None, small_input: bool = False, features_only: bool = False,
+              out_indices: tuple[int, ...] | None = None, output_stride: int = 32,
+              minimalistic: bool = False, proj_act: str | None = "default",
+              shortcut: str = "bottleneck", expand_ratio: float | None = None,
+              padding: str = "symmetric", bn_eps: float | None = None,
+              bn_momentum: float = 0.1, act: str | None = None,
+              fixed_stem: bool = False) -> MobileNet:
+    """Build a MobileNet of `family` with the given options (see `specs.build_arch`).
+
+    padding="same" and bn_eps=1e-3 reproduce TensorFlow-trained weights (Keras, timm `tf_`).
+    """
+    for key, value, low in (("num_classes", num_classes, 0), ("in_chans", in_chans, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise MobileNetsError(f"{key}={value!r} is out of range; allowed: integer >= {low}")
+    if padding not in ("symmetric", "same"):
+        raise MobileNetsError(f"padding={padding!r} is not one of 'symmetric', 'same'")
+    if bn_eps is not None and not (isinstance(bn_eps, (int, float)) and 0 < bn_eps < 1):
+        raise MobileNetsError(f"bn_eps={bn_eps!r} is out of range; allowed: 0 < bn_eps < 1")
+    if output_stride != 32 and small_input:
+        raise MobileNetsError("small_input and output_stride < 32 conflict: pick one way to keep resolution")
+    arch = build_arch(family, width_mult, dropout=dropout, small_input=small_input,
+                      output_stride=output_stride, minimalistic=minimalistic, proj_act=proj_act,
+                      shortcut=shortcut, expand_ratio=expand_ratio, act=act,
+                      fixed_stem=fixed_stem)
+    if bn_eps is None:
+        bn_eps = 1e-3 if padding == "same" else 1e-5
+    model = MobileNet(arch, num_classes, in_chans, features_only, out_indices, padding, bn_eps,
+                      bn_momentum)
+    model.pretrained_cfg = dict(resolution=224, crop_pct=0.875, mean=IMAGENET_MEAN,
+                                std=IMAGENET_STD, in_chans=in_chans, interpolation="bilinear")
+    return model
+
+
+def check_resolution(model: nn.Module, resolution) -> int:
+    """The smallest input is the network's total stride; anything below collapses to nothing."""
+    stride = getattr(getattr(model, "arch", None), "total_stride", 1)
+    if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < stride:
+        raise MobileNetsError(
+            f"resolution={resolution!r} is too small for a network of total stride {stride}; "
+            f"allowed: integer >= {stride}")
+    return resolution
+
+
+def _width_suffix(w: float) -> str:
+    return f"{int(round(w * 100)):03d}"
+
+
+FAMILY_WIDTHS = {
+    "mobilenet_v1": (0.25, 0.5, 0.75, 1.0),
+    "mobilenet_v2": (0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
+    "mobilenet_v3_large": (0.75, 1.0),
+    "mobilenet_v3_small": (0.75, 1.0),
+}
+
+for _family, _widths in FAMILY_WIDTHS.items():
+    register_model(_family, mobilenet, family=_family)
+    for _w in _widths:
+        register_model(f"{_family}_{_width_suffix(_w)}", mobilenet, family=_family, width_mult=_w)
+    if _family.startswith("mobilenet_v3"):
+        for _w in _widths:
+            register_model(f"{_family}_minimal_{_width_suffix(_w)}", mobilenet, family=_family,
+                           width_mult=_w, minimalistic=True)
+        register_model(f"{_family}_minimal", mobilenet, family=_family, minimalistic=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights files
+
+
+def saved_options(path: str | os.PathLike, family: str | None) -> dict:
+    """The model options a weights file was saved with, if it holds a model of `family`.
+
+    Options such as padding="same", bn_eps or act change no tensor shape, so a file converted
+    from TensorFlow would load into a default-built model and silently compute something else;
+    create_model(name, pretrained=...) therefore builds with them.
+    """
+    meta = read_metadata(path)
+    saved, kwargs = meta.get("model"), meta.get("model_kwargs", {})
+    try:
+        defaults = model_defaults(saved)
+    except (TypeError, MobileNetsError):
+        return {}  # not our format (or an unknown model): loading reports what is wrong
+    if family is None or defaults.pop("family", None) != family or not isinstance(kwargs, dict):
+        return {}
+    return {**defaults, **kwargs}
+
+
+def load_pretrained(model: torch.nn.Module, path: str | os.PathLike) -> dict:
+    path = resolve_weights(path)
+    state, meta = load_weights(path)
+    load_state_into(model, state, str(path))
+    if "preprocessing" in meta:
+        model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **meta["preprocessing"]}
+    if "classes" in meta:
+        model.classes = meta["classes"]
+    return meta
+
+
+def load_model(path: str | os.PathLike, **overrides) -> tuple[torch.nn.Module, dict]:
+    """Rebuild the model a weights file describes and load it: (model, metadata)."""
+    path = resolve_weights(path)
+    state, meta = load_weights(path)
+    if "model" not in meta:
+        raise MobileNetsError(f"{path}: has no 'model' in its metadata; pass the model name to "
+                              "create_model(name, pretrained=path) instead")
+    model = create_model(meta["model"], **{**meta.get("model_kwargs", {}), **overrides})
+    load_state_into(model, state, str(path))
+    if "preprocessing" in meta:
+        model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **meta["preprocessing"]}
+    model.classes = meta.get("classes")
+    return model, meta
+
+
+def load_task_model(path) -> tuple[torch.nn.Module, dict]:
+    model, meta = load_model(path)
+    if meta.get("task") not in ("detection", "segmentation"):
+        raise MobileNetsError(f"{path}: not a detection or segmentation weights file "
+                              "(no 'task' in its metadata)")
+    return model.eval(), meta
+
+

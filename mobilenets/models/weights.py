@@ -1,0 +1,223 @@
+"""mobilenets' weight format: safetensors with the metadata needed to rebuild and feed the model.
+
+The safetensors header's `__metadata__` (string to string) holds JSON values under these keys:
+  format     "mobilenets/1"
+  model      registered model name, e.g. "mobilenet_v2"
+  model_kwargs  create_model keyword arguments, e.g. {"num_classes": 10, "in_chans": 1}
+  classes    list of class names (index order)
+  preprocessing  {"resolution", "resize", "mean", "std", "in_chans", "interpolation"}
+Any further keys (e.g. "source", "top1") are kept as given.
+
+Training checkpoints (.pth/.pt) are read too, but only through `torch.load(weights_only=True)`:
+tensors and plain containers, never arbitrary pickled objects. Weights named by an http(s) URL
+are downloaded once into a cache directory, the way torch.hub does.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import pickle
+import re
+import urllib.error
+import urllib.parse
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from ..core.errors import MobileNetsError
+from ..core.io import atomic_path
+
+FORMAT = "mobilenets/1"
+# Where a training checkpoint keeps its state dict, if not at the top level.
+CHECKPOINT_STATE_KEYS = ("state_dict", "model", "model_state", "state_dict_ema")
+
+
+def save_weights(path: str | os.PathLike, model: torch.nn.Module, metadata: dict | None = None) -> None:
+    """Write the model's state dict and metadata atomically."""
+    meta = {"format": FORMAT, "model": getattr(model, "model_name", type(model).__name__),
+            "model_kwargs": getattr(model, "model_kwargs", {})}
+    meta.update(metadata or {})
+    write_weights(path, model.state_dict(), meta)
+
+
+def write_weights(path: str | os.PathLike, state: dict[str, torch.Tensor], metadata: dict) -> None:
+    """Write a state dict and metadata (JSON values) atomically, e.g. as `load_weights` read them."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
+
+
+def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state dict, metadata) of a safetensors file or a torch checkpoint; one-line error if the
+    file is neither, is cut short, or is a pickle that needs more than tensors to load."""
+    path = Path(path)
+    if not path.is_file():
+        raise MobileNetsError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header. That length's
+    # first byte can be 0x80 too, so the '{' at byte 8 decides before the pickle/zip sniffing.
+    if head[8:9] != b"{" and (head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"):
+        return read_torch_checkpoint(path)
+    try:
+        state = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise MobileNetsError(f"{path}: not a safetensors file nor a torch checkpoint "
+                              f"({str(e).splitlines()[0]})") from None
+    return state, _decode_metadata(raw)
+
+
+def read_torch_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state dict, metadata) of a .pth/.pt file, loaded with `weights_only=True`.
+
+    The state dict is the top level or one of CHECKPOINT_STATE_KEYS; metadata is the
+    checkpoint's "metadata" entry if it has one.
+    """
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f"it would import {found.group(1)}" if found else str(e).splitlines()[0]
+        raise MobileNetsError(f"{path}: refused to unpickle: {what}; only tensors and plain "
+                              "containers are loaded (torch.load weights_only=True)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise MobileNetsError(f"{path}: not a readable torch checkpoint, truncated or corrupt "
+                              f"({str(e).splitlines()[0][:120]})") from None
+    meta = obj.get("metadata", {}) if isinstance(obj, dict) else {}
+    if isinstance(obj, dict) and not _is_state(obj):
+        obj = next((obj[k] for k in CHECKPOINT_STATE_KEYS if _is_state(obj.get(k))), None)
+    if not _is_state(obj):
+        raise MobileNetsError(f"{path}: no state dict in this checkpoint; expected tensors at the "
+                              f"top level or under one of {', '.join(CHECKPOINT_STATE_KEYS)}")
+    return dict(obj), meta if isinstance(meta, dict) else {}
+
+
+def _is_state(obj) -> bool:
+    return (isinstance(obj, dict) and bool(obj)
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()))
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet-1k class names in the index order every source here uses
+    (generated from torchvision's bundled category list)."""
+    text = resources.files(__package__).joinpath("imagenet_classes.txt").read_text()
+    return text.splitlines()
+
+
+def cache_dir() -> Path:
+    """Downloaded weights go to $MOBILENETS_CACHE, else to torch.hub's directory."""
+    env = os.environ.get("MOBILENETS_CACHE")
+    return Path(env) if env else Path(torch.hub.get_dir()) / "mobilenets"
+
+
+def resolve_weights(ref: str | os.PathLike) -> Path:
+    """A local path for `ref`: the path itself, or the cached download of an http(s) URL."""
+    text = str(ref)
+    if not text.startswith(("http://", "https://")):
+        return Path(ref)
+    name = Path(urllib.parse.urlparse(text).path).name
+    if not name:
+        raise MobileNetsError(f"{text}: the URL names no file; expected e.g. https://host/v2.safetensors")
+    dest = cache_dir() / name
+    if dest.is_file():
+        return dest
+    with atomic_path(dest) as tmp:
+        try:
+            torch.hub.download_url_to_file(text, str(tmp), progress=False)
+        except urllib.error.HTTPError as e:
+            raise MobileNetsError(f"{text}: cannot download (HTTP {e.code} {e.reason})") from None
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            reason = getattr(e, "reason", None) or e
+            raise MobileNetsError(f"{text}: cannot download ({str(reason).splitlines()[0]})") from None
+        load_weights(tmp)  # a page that is not weights never enters the cache
+    return dest
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The JSON-decoded metadata of a safetensors file, read from its header alone; {} for any
+    other file (loading it reports what is wrong)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError):
+        return {}
+    return _decode_metadata(raw)
+
+
+def _decode_metadata(raw: dict) -> dict:
+    """safetensors metadata holds strings; ours are JSON values (others are kept as given)."""
+    meta = {}
+    for k, v in raw.items():
+        try:
+            meta[k] = json.loads(v)
+        except json.JSONDecodeError:
+            meta[k] = v
+    return meta
+
+
+def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load strictly; on mismatch one line naming the first missing, unexpected, misshaped keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shaped = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shaped:
+        parts = [f"{label}: {', '.join(items[:3])}{' …' if len(items) > 3 else ''} ({len(items)})"
+                 for label, items in (("missing", missing), ("unexpected", unexpected),
+                                      ("wrong shape", shaped)) if items]
+        raise MobileNetsError(f"{source}: does not fit {getattr(model, 'model_name', 'the model')}; "
+                              + "; ".join(parts))
+    model.load_state_dict(state)
+
+
+BACKBONE_MODULES = ("stem", "blocks", "last_conv")
+
+
+def load_backbone(model: torch.nn.Module, path: str | os.PathLike) -> dict:
+    """Start a detector, segmenter or classifier from another model's backbone: the tensors of
+    `stem`, `blocks` and `last_conv` whose names and shapes both models share (a classifier's
+    weights into a task model, as torchvision's `weights_backbone`). Returns {"loaded",
+    "backbone_tensors", "skipped"}: what was copied, how many backbone tensors `model` has, and
+    the names whose shapes differ (e.g. a stem for another number of input channels)."""
+    path = resolve_weights(path)
+    state, _ = load_weights(path)
+    own = model.state_dict()
+    # BN's step counters are scalars that fit anything and carry nothing across
+    ours = [k for k in own if k.split(".")[0] in BACKBONE_MODULES and not k.endswith("num_batches_tracked")]
+    shared = [k for k in ours if k in state]
+    fits = {k: state[k] for k in shared if state[k].shape == own[k].shape}
+    if not fits:
+        raise MobileNetsError(f"{path}: shares no backbone tensor ({', '.join(BACKBONE_MODULES)}) "
+                              f"with {getattr(model, 'model_name', 'the model')}; is it a MobileNet "
+                              "of the same family and width?")
+    model.load_state_dict(fits, strict=False)
+    return {"loaded": len(fits), "backbone_tensors": len(ours),
+            "skipped": [k for k in shared if k not in fits]}
+
+
+TASK_NAMES = ("detection", "segmentation")
+
+
+def task_of(path) -> str | None:
+    """"detection" or "segmentation" for a task weights file, else None (classifiers, other
+    formats)."""
+    task = read_metadata(path).get("task") if str(path).endswith(".safetensors") else None
+    return task if task in TASK_NAMES else None
+
+
+def save_task_weights(path, model, task: str, classes: list[str], resolution: int, **extra) -> None:
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    save_weights(path, model, {"task": task, "classes": list(classes),
+                               "preprocessing": {"resolution": resolution, "mean": list(cfg["mean"]),
+                                                 "std": list(cfg["std"]),
+                                                 "in_chans": cfg.get("in_chans", 3)},
+                               **extra})
+
+

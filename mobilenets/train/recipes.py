@@ -1,0 +1,148 @@
+"""Training recipes: the settings every run reads (defaults < recipe file < overrides), their
+validation, and the task a model trains for."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from ..datasets.splits import Augment
+from ..core.errors import MobileNetsError
+from ..models.mobilenet import list_models, model_task
+from .tasks import TRAIN_TASKS
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+# Recipe keys that describe the model: a resumed run must agree on them.
+MODEL_KEYS = ("task", "model", "width_mult", "small_input", "in_chans", "dropout", "model_options")
+# Settings of classification's augmentation and loss; detection and segmentation augment with
+# `coco_voc`'s fixed box- and mask-aware transforms, so other values there are refused.
+CLASSIFICATION_ONLY = ("small_input", "label_smoothing", "hflip", "scale", "crop_padding", "erasing",
+                       "auto_augment", "eval_flip")
+DEFAULTS = {
+    "task": None, "model": "mobilenet_v2", "width_mult": None, "small_input": False, "in_chans": None,
+    "dropout": None, "model_options": {}, "backbone": None, "resolution": None, "data": "fashion-mnist",
+    "data_dir": None,
+    "val_fraction": 0.1, "workers": 0, "seed": 0, "epochs": 20, "batch_size": 128,
+    "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "rmsprop_decay": 0.9,
+    "eps": 1e-8, "weight_decay": 4e-5, "wd_norm_bias": False, "schedule": "cosine",
+    "warmup_epochs": 0.0, "min_lr": 0.0, "lr_decay": 0.98, "label_smoothing": 0.0,
+    "ema_decay": 0.0, "hflip": 0.5, "scale": [0.08, 1.0], "crop_padding": 0, "erasing": 0.0,
+    "auto_augment": None, "eval_flip": False, "amp": "none", "channels_last": True, "compile": False,
+    "sync_bn": False, "clip_grad": 0.0, "log_every": 0, "save_every_steps": 0, "strict": False,
+    "deterministic": True, "device": None, "limit_train": 0, "limit_val": 0,
+}
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.json"))
+
+
+def load_recipe(name_or_path: str) -> dict:
+    """A recipe by name (mobilenets/recipes/NAME.json) or from a JSON file a user edited."""
+    path = Path(name_or_path)
+    if not path.suffix == ".json" or not path.is_file():
+        if name_or_path not in list_recipes():
+            raise MobileNetsError(f"--recipe {name_or_path}: neither a recipe name "
+                                  f"({', '.join(list_recipes())}) nor a JSON file")
+        path = RECIPES_DIR / f"{name_or_path}.json"
+    try:
+        recipe = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MobileNetsError(f"{path}: not a readable JSON recipe ({e})") from None
+    if not isinstance(recipe, dict):
+        raise MobileNetsError(f"{path}: a recipe must be a JSON object of settings")
+    unknown = sorted(k for k in recipe if k not in DEFAULTS and not k.startswith("_"))
+    if unknown:
+        raise MobileNetsError(f"{path}: unknown recipe key {unknown[0]!r}; allowed: {', '.join(DEFAULTS)}")
+    return {k: v for k, v in recipe.items() if not k.startswith("_")}
+
+
+def parse_set(items: list[str]) -> dict:
+    """`--set key=value` overrides; values are read as JSON when they parse, else as strings."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in DEFAULTS:
+            raise MobileNetsError(f"--set {item}: expected KEY=VALUE with KEY one of {', '.join(DEFAULTS)}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def validate(cfg: dict) -> dict:
+    """One-line errors for values no run could use."""
+    def need(key, ok, allowed):
+        if not ok:
+            raise MobileNetsError(f"{key}={cfg[key]!r} is invalid; allowed: {allowed}")
+
+    def number(key):
+        v = cfg[key]
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    def integer(key):
+        return isinstance(cfg[key], int) and not isinstance(cfg[key], bool)
+
+    need("epochs", integer("epochs") and cfg["epochs"] >= 1, "integer >= 1")
+    need("batch_size", integer("batch_size") and cfg["batch_size"] >= 1, "integer >= 1")
+    need("lr", number("lr") and cfg["lr"] > 0, "number > 0")
+    for key in ("weight_decay", "min_lr", "label_smoothing", "warmup_epochs", "clip_grad", "momentum"):
+        need(key, number(key) and cfg[key] >= 0, "number >= 0")
+    need("label_smoothing", cfg["label_smoothing"] < 1, "0 <= label_smoothing < 1")
+    need("ema_decay", number("ema_decay") and 0 <= cfg["ema_decay"] < 1, "0 <= ema_decay < 1")
+    need("lr_decay", number("lr_decay") and 0 < cfg["lr_decay"] <= 1, "0 < lr_decay <= 1")
+    need("optimizer", cfg["optimizer"] in ("sgd", "rmsprop", "adamw"), "sgd, rmsprop, adamw")
+    need("schedule", cfg["schedule"] in ("cosine", "onecycle", "exponential", "constant"),
+         "cosine, onecycle, exponential, constant")
+    need("amp", cfg["amp"] in ("none", "bf16", "fp16"), "none, bf16, fp16")
+    need("seed", integer("seed") and cfg["seed"] >= 0, "integer >= 0")
+    need("workers", integer("workers") and cfg["workers"] >= 0, "integer >= 0")
+    for key in ("log_every", "save_every_steps", "crop_padding", "limit_train", "limit_val"):
+        need(key, integer(key) and cfg[key] >= 0, "integer >= 0")
+    need("eval_flip", isinstance(cfg["eval_flip"], bool), "true or false")
+    need("backbone", cfg["backbone"] is None or isinstance(cfg["backbone"], str),
+         "a weights file whose stem/blocks/last_conv start the model")
+    opts = cfg["model_options"]
+    need("model_options", isinstance(opts, dict) and all(isinstance(k, str) for k in opts),
+         'a JSON object of create_model options, e.g. {"proj_act": "relu6"}')
+    # The named keys have one place to be set, so a run's config cannot say two things.
+    named = sorted(set(opts) & {"width_mult", "small_input", "in_chans", "dropout", "num_classes"})
+    need("model_options", not named, f"options other than {', '.join(named)} (set those by their own key)")
+    if cfg["width_mult"] is not None:
+        need("width_mult", number("width_mult") and cfg["width_mult"] > 0, "number > 0")
+    if cfg["resolution"] is not None:
+        need("resolution", integer("resolution") and cfg["resolution"] >= 8, "integer >= 8")
+    Augment.from_config(cfg)
+    cfg["task"] = resolve_task(cfg.get("task"), cfg["model"])
+    if cfg["task"] != "classification":
+        for key in CLASSIFICATION_ONLY:
+            if cfg[key] != DEFAULTS[key]:
+                raise MobileNetsError(f"{key}={cfg[key]!r} applies to classification only; {cfg['task']} "
+                                      f"augments with coco_voc.{cfg['task']}_transforms")
+        need("in_chans", cfg["in_chans"] in (None, 3), f"3 ({cfg['task']} reads RGB images)")
+    return cfg
+
+
+def resolve_task(task: str | None, model: str) -> str:
+    """The task of `model` (None: whatever it does); one line when the two disagree."""
+    if task is not None and task not in TRAIN_TASKS:
+        raise MobileNetsError(f"task={task!r} is invalid; allowed: {', '.join(TRAIN_TASKS)}")
+    own = model_task(model)
+    if task is not None and task != own:
+        fitting = [m for m in list_models() if model_task(m) == task]
+        shown = ", ".join(fitting[:4]) + (", …" if len(fitting) > 4 else "")
+        raise MobileNetsError(f"--model {model} is a {own} model, not a {task} one; {task} models: {shown}")
+    return own
+
+
+def default_recipe(task: str | None, model: str | None, data: str | None) -> str:
+    """detection / segmentation for those tasks (named, or implied by the model); for
+    classification fashion-mnist on Fashion-MNIST, modern otherwise."""
+    task = task or (model_task(model) if model else "classification")
+    if task != "classification":
+        return task
+    return "fashion-mnist" if (data or "fashion-mnist").lower() in ("fashion-mnist", "fashion_mnist",
+                                                                      "fmnist") else "modern"

@@ -1,0 +1,309 @@
+"""The tasks one training loop runs: classification, detection and segmentation. Each holds its
+data splits, the loss of a batch and its evaluation, so `train.py` drives them all the same way.
+
+What the trainer asks of a task (`open_task(cfg)` builds one):
+  name, metric         the task, and the evaluation entry that picks the best checkpoint
+  classes, resolution  class names (background first for detection and segmentation), input side
+  train, val           splits: len(), num_steps(batch, world), batches(batch, seed, epoch, rank,
+                       world, start_step), each batch (images, targets)
+  model_kwargs(cfg)    create_model options; adapt(model) once the model exists
+  train_loss(model, batch) -> (loss, {name: sum over the batch's images}), under autocast
+  evaluate_split(model, ...) -> metrics with "metric"; record / describe / report / save_best
+                       turn them into metrics.jsonl entries, the progress line, report.json
+                       entries and the best weights file
+
+`DetectionTask` and `SegmentationTask` also work on their own: `train_set` / `val_set`,
+`collate`, `loss(model, batch)` -> (loss, logged values), `evaluate(model, loader)`.
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..datasets.coco_voc import (IGNORE_INDEX, CocoDetection, VOCSegmentation, coco_files, collate_detection,
+                       collate_segmentation, detection_transforms, segmentation_transforms)
+from ..models.detection import DetectionLoss
+from ..core.errors import MobileNetsError
+from ..models.heads import segment_multi_scale
+from .metrics import coco_map, detect_dataset, iou_scores, segment_dataset
+from ..datasets.classification import open_dataset
+from ..datasets.folders import DatasetSplit
+from ..datasets.splits import Augment
+from .evaluate import evaluate
+from ..models.weights import save_weights
+from ..models.mobilenet import IMAGENET_MEAN, IMAGENET_STD, check_resolution
+from ..models.weights import save_task_weights
+
+TASKS = ("detection", "segmentation")
+TRAIN_TASKS = ("classification", *TASKS)
+# Input side when the recipe gives none: the papers' COCO (SSDLite) and VOC (DeepLab) crops.
+DEFAULT_RESOLUTION = {"detection": 320, "segmentation": 512}
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (for its own methods)."""
+    return getattr(model, "module", model)
+
+
+def json_safe(values: dict) -> dict:
+    """NaN (a class absent from the split) as null, which strict JSON readers accept."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in values.items()}
+
+
+class ClassificationTask:
+    """Image classification on Fashion-MNIST or an image folder (`data.open_dataset`)."""
+    name, metric = "classification", "top1"
+    record_keys = ("top1", "top5")
+    plot_keys = ("train_top1", "val_top1")
+
+    def __init__(self, cfg: dict):
+        ds = open_dataset(cfg["data"], cfg["resolution"], Augment.from_config(cfg), cfg["data_dir"],
+                          cfg["in_chans"], cfg["val_fraction"], cfg["seed"], cfg["workers"], cfg["strict"])
+        if cfg["limit_train"]:
+            ds.train = ds.train.subset(cfg["limit_train"], cfg["seed"])
+        if cfg["limit_val"]:
+            ds.val = ds.val.subset(cfg["limit_val"], cfg["seed"])
+        self.ds, self.classes, self.data_name = ds, ds.classes, ds.name
+        self.train, self.val = ds.train, ds.val
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
+        self.eval_flip = cfg["eval_flip"]
+
+    @property
+    def resolution(self) -> int:
+        return self.ds.resolution
+
+    @property
+    def skipped(self) -> list[str]:
+        return self.ds.skipped
+
+    def model_kwargs(self, cfg: dict) -> dict:
+        kwargs = {"num_classes": len(self.classes), "in_chans": self.ds.in_chans}
+        if cfg["width_mult"] is not None:
+            kwargs["width_mult"] = cfg["width_mult"]
+        if cfg["small_input"]:
+            kwargs["small_input"] = True
+        if cfg["dropout"] is not None:
+            kwargs["dropout"] = cfg["dropout"]
+        return kwargs
+
+    def adapt(self, model: nn.Module) -> None:
+        stride = model.arch.total_stride
+        if self.ds.resolution < stride:
+            # 28 px images through a stride-32 network: upsample to the smallest size it accepts.
+            self.ds.resolution = self.ds.train.resolution = self.ds.val.resolution = stride
+
+    def preprocessing(self) -> dict:
+        return self.ds.preprocessing()
+
+    def to_device(self, batch, device: torch.device, memory_format):
+        x, y = batch
+        return (x.to(device, non_blocking=True, memory_format=memory_format),
+                y.to(device, non_blocking=True))
+
+    def train_loss(self, model: nn.Module, batch):
+        x, y = batch
+        logits = model(x)
+        loss = self.criterion(logits.float(), y)
+        return loss, {"correct": (logits.argmax(1) == y).sum()}
+
+    def train_record(self, sums: dict, seen: int) -> dict:
+        return {"train_top1": sums["correct"] / max(seen, 1)}
+
+    def evaluate_split(self, model: nn.Module, batch_size: int, ctx, memory_format, amp_dtype) -> dict:
+        val = evaluate(model, self.ds.val, batch_size, ctx, len(self.classes), memory_format, amp_dtype,
+                       flip=self.eval_flip)
+        return {**val, "metric": val["top1"]}
+
+    def record(self, val: dict) -> dict:
+        return {"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]}
+
+    def describe(self, record: dict) -> str:
+        return (f"train loss {record['train_loss']:.4f} top1 {record['train_top1']:.4f}  val loss "
+                f"{record['val_loss']:.4f} top1 {record['val_top1']:.4f} top5 {record['val_top5']:.4f}")
+
+    def report(self, val: dict) -> dict:
+        return {"top1": val["top1"], "top5": val["top5"]}
+
+    def save_best(self, path, model: nn.Module, val: dict, epoch: int, source: str) -> None:
+        save_weights(path, model, {"classes": self.classes, "preprocessing": self.preprocessing(),
+                                   "top1": val["top1"], "top5": val["top5"], "epoch": epoch,
+                                   "source": source})
+
+
+class _DenseTask:
+    """Trainer hooks shared by detection and segmentation, whose readers decode and augment
+    item by item (`data.DatasetSplit`). Evaluation runs on every rank over the whole split."""
+    record_keys: tuple[str, ...] = ()
+    per_class_key = ""
+
+    @property
+    def skipped(self) -> list[str]:
+        return []   # the readers drop bad annotations and files when they open (one warning each)
+
+    def for_training(self, cfg: dict) -> "_DenseTask":
+        self.data_name = str(cfg["data"])
+        self.train = DatasetSplit(self.train_set, self.collate, augment=True, workers=cfg["workers"])
+        self.val = DatasetSplit(self.val_set, self.collate, workers=cfg["workers"])
+        if cfg["limit_train"]:
+            self.train = self.train.subset(cfg["limit_train"], cfg["seed"])
+        if cfg["limit_val"]:
+            self.val = self.val.subset(cfg["limit_val"], cfg["seed"])
+        return self
+
+    @property
+    def plot_keys(self) -> tuple[str, ...]:
+        return tuple(f"val_{k}" for k in self.record_keys)
+
+    def model_kwargs(self, cfg: dict) -> dict:
+        kwargs = {"num_classes": self.num_classes}
+        for key in ("width_mult", "dropout"):
+            if cfg[key] is not None:
+                kwargs[key] = cfg[key]
+        return kwargs
+
+    def adapt(self, model: nn.Module) -> None:
+        check_resolution(model, self.resolution)
+
+    def preprocessing(self) -> dict:
+        return {"resolution": self.resolution, "mean": list(self.mean), "std": list(self.std), "in_chans": 3}
+
+    def train_loss(self, model: nn.Module, batch):
+        loss, logged = self.loss(model, batch)
+        n = len(batch[0])
+        return loss, {k: v * n for k, v in logged.items()}
+
+    def train_record(self, sums: dict, seen: int) -> dict:
+        return {f"train_{k}": v / max(seen, 1) for k, v in sums.items()}
+
+    def evaluate_split(self, model: nn.Module, batch_size: int, ctx, memory_format, amp_dtype) -> dict:
+        loader = DataLoader(self.val.dataset, batch_size=batch_size, collate_fn=self.collate,
+                            num_workers=self.val.workers)
+        was_training = model.training
+        device = next(model.parameters()).device
+        try:
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                return self.evaluate(model, loader)
+        finally:
+            model.train(was_training)
+
+    def record(self, val: dict) -> dict:
+        return {f"val_{k}": val[k] for k in self.record_keys}
+
+    def describe(self, record: dict) -> str:
+        return f"train loss {record['train_loss']:.4f}  val " + " ".join(
+            f"{k} {record['val_' + k]:.4f}" for k in self.record_keys)
+
+    def report(self, val: dict) -> dict:
+        return {**{k: val[k] for k in self.record_keys}, self.per_class_key: json_safe(val[self.per_class_key])}
+
+    def save_best(self, path, model: nn.Module, val: dict, epoch: int, source: str) -> None:
+        save_task_weights(path, model, self.name, self.classes, self.resolution,
+                          **{k: val[k] for k in self.record_keys}, epoch=epoch, source=source)
+
+
+class DetectionTask(_DenseTask):
+    name = "detection"
+    metric = "AP50"
+    record_keys = ("mAP", "AP50", "AP75")
+    per_class_key = "per_class_AP"
+
+    def __init__(self, data: str, resolution: int, mean, std, train_split: str | None = "train",
+                 val_split: str = "val"):
+        self.resolution, self.mean, self.std = resolution, tuple(mean), tuple(std)
+        self.train_set = CocoDetection(*coco_files(data, train_split),
+                                       detection_transforms(resolution, True, mean, std)) if train_split else None
+        self.val_set = CocoDetection(*coco_files(data, val_split),
+                                     detection_transforms(resolution, False, mean, std))
+        self.classes = (self.train_set if self.train_set is not None else self.val_set).classes
+        self.num_classes = len(self.classes)      # background included, as the model counts
+        self.collate = collate_detection
+        self.criterion = DetectionLoss()
+        self._anchors: dict[tuple, torch.Tensor] = {}
+
+    def anchors(self, model, size) -> torch.Tensor:
+        key = tuple(size)
+        if key not in self._anchors:
+            self._anchors[key] = _unwrap(model).anchors(key)
+        return self._anchors[key]
+
+    def to_device(self, batch, device: torch.device, memory_format):
+        # Targets stay on the CPU: anchors are matched there (`detection.build_targets`).
+        images, targets = batch
+        return images.to(device, non_blocking=True, memory_format=memory_format), targets
+
+    def loss(self, model, batch):
+        images, targets = batch
+        logits, deltas = model(images)
+        plain = [{"boxes": t["boxes"].as_subclass(torch.Tensor), "labels": t["labels"]} for t in targets]
+        parts = self.criterion(logits.float(), deltas.float(), plain, self.anchors(model, images.shape[-2:]))
+        return parts["loss"], {"box_loss": parts["box_loss"].item(), "cls_loss": parts["cls_loss"].item()}
+
+    def evaluate(self, model, loader) -> dict:
+        results = detect_dataset(model, loader)
+        scores = coco_map(loader.dataset.coco, results, image_ids=loader.dataset.ids)
+        return {**scores, "metric": scores[self.metric]}
+
+
+class SegmentationTask(_DenseTask):
+    """`scales` other than (1.0,) or `flip` evaluate with multi-scale / flipped inference (V2
+    Table 7's "MF")."""
+    name = "segmentation"
+    metric = "mIoU"
+    record_keys = ("mIoU", "pixel_accuracy")
+    per_class_key = "per_class_IoU"
+
+    def __init__(self, data: str, resolution: int, mean, std, train_split: str | None = "train",
+                 val_split: str = "val", scales: tuple[float, ...] = (1.0,), flip: bool = False):
+        self.resolution, self.scales, self.flip = resolution, tuple(scales), flip
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.train_set = VOCSegmentation(data, train_split, segmentation_transforms(
+            resolution, True, mean, std)) if train_split else None
+        self.val_set = VOCSegmentation(data, val_split, segmentation_transforms(resolution, False, mean, std))
+        self.classes = (self.train_set if self.train_set is not None else self.val_set).classes
+        self.num_classes = len(self.classes)
+        self.collate = collate_segmentation
+
+    def to_device(self, batch, device: torch.device, memory_format):
+        images, masks = batch
+        return (images.to(device, non_blocking=True, memory_format=memory_format),
+                masks.to(device, non_blocking=True))
+
+    def loss(self, model, batch):
+        images, masks = batch
+        loss = F.cross_entropy(model(images).float(), masks, ignore_index=IGNORE_INDEX)
+        return loss, {}
+
+    def evaluate(self, model, loader) -> dict:
+        predict = None
+        if self.scales != (1.0,) or self.flip:
+            predict = partial(segment_multi_scale, scales=self.scales, flip=self.flip)
+        scores = iou_scores(segment_dataset(model, loader, self.num_classes, predict), self.classes)
+        return {**scores, "metric": scores[self.metric]}
+
+
+def build_task(name: str, data: str, resolution: int, mean, std, **options):
+    """options: `train_split` (None: open the validation split only), `val_split`, and
+    SegmentationTask's `scales` and `flip`."""
+    if name == "detection":
+        return DetectionTask(data, resolution, mean, std, **options)
+    if name == "segmentation":
+        return SegmentationTask(data, resolution, mean, std, **options)
+    raise MobileNetsError(f"task={name!r} is not one of {', '.join(TASKS)}")
+
+
+def open_task(cfg: dict):
+    """The task a validated training config names, with its data opened."""
+    if cfg["task"] == "classification":
+        return ClassificationTask(cfg)
+    resolution = cfg["resolution"] or DEFAULT_RESOLUTION[cfg["task"]]
+    return build_task(cfg["task"], str(cfg["data"]), resolution, IMAGENET_MEAN, IMAGENET_STD).for_training(cfg)
+
+
+def record_keys(name: str) -> tuple[str, ...]:
+    """The evaluation entries task `name` reports: top1, top5 / mAP, AP50, AP75 / mIoU, pixel_accuracy."""
+    return {t.name: t.record_keys for t in (ClassificationTask, DetectionTask, SegmentationTask)}[name]

@@ -1,0 +1,51 @@
+import json
+
+import pytest
+
+from mobilenets import MobileNetsError
+from mobilenets.deploy.bench import cpu_peak, run_bench
+from mobilenets.cli import main
+
+ZEN4 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+cpu MHz\t\t: 2596.098
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512_vnni
+processor\t: 1
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+cpu MHz\t\t: 2596.098
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512_vnni
+"""
+
+
+def test_peak_from_cpuinfo():
+    # Zen 4 double-pumps AVX-512 on two 256-bit FMA pipes: 32 fp32 FLOP per cycle per core.
+    p = cpu_peak(ZEN4, cores=2)
+    assert p["flops_per_cycle"] == 32
+    assert p["gflops"] == pytest.approx(2 * 2.596098 * 32)   # 166.2
+    zen5 = cpu_peak(ZEN4.replace("family\t: 25", "family\t: 26"), cores=2)
+    assert zen5["flops_per_cycle"] == 64
+    avx2 = cpu_peak(ZEN4.replace("AuthenticAMD", "GenuineIntel").replace(" avx512f", ""), cores=4)
+    assert avx2["flops_per_cycle"] == 32 and avx2["gflops"] == pytest.approx(4 * 2.596098 * 32)
+
+
+def test_bench_json_contract(capsys):
+    rc = main(["bench", "mobilenet_v2_035", "--resolution", "64", "--batch", "1", "2",
+               "--backends", "eager,onnxruntime", "--repeats", "3", "--json"])
+    assert rc == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["backend"], r["batch"]) for r in rows] == [
+        ("eager", 1), ("eager", 2), ("onnxruntime", 1), ("onnxruntime", 2)]
+    peak = cpu_peak()["gflops"]
+    for r in rows:
+        assert set(r) == {"backend", "precision", "batch", "median_ms", "images_per_s",
+                          "gflops_per_s", "peak_fraction"}
+        assert r["precision"] == "fp32" and r["median_ms"] > 0
+        assert r["images_per_s"] == pytest.approx(r["batch"] / r["median_ms"] * 1e3, rel=5e-3)  # median_ms is rounded to µs
+        assert r["peak_fraction"] == pytest.approx(r["gflops_per_s"] / peak, abs=1e-3)
+
+
+def test_bench_rejects_unknown_backends():
+    with pytest.raises(MobileNetsError, match="--backends tpu: allowed: eager, compiled, onnxruntime, int8"):
+        run_bench("mobilenet_v2_035", backends=("tpu",))

@@ -1,0 +1,83 @@
+import pytest
+import torch
+from torch import nn
+
+from mobilenets import MobileNetsError, create_model, profile
+from mobilenets.analysis.paper import REFERENCE_COUNTS
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_COUNTS))
+def test_reference_counts_exactly(name):
+    r = profile(name, 224)
+    assert (r["params"], r["params_without_bn"], r["madds"]) == REFERENCE_COUNTS[name]
+    assert all(isinstance(r[k], int) for k in ("params", "params_without_bn", "madds"))
+
+
+def test_result_keys_and_per_layer_rows():
+    r = profile(create_model("mobilenet_v2", width_mult=1.4), resolution=224)
+    assert {"model", "width_mult", "resolution", "params", "params_without_bn", "madds",
+            "memory_table3_bytes_fp16", "peak_memory_bytes_fp16", "peak_memory_bytes_fp32",
+            "layers"} <= set(r)
+    assert r["model"] == "mobilenet_v2" and r["width_mult"] == 1.4 and r["resolution"] == 224
+    assert sum(layer["madds"] for layer in r["layers"]) == r["madds"]
+    first = r["layers"][0]
+    assert first["name"] == "stem.0" and first["kind"] == "conv"
+    assert first["madds"] == 112 * 112 * 48 * 3 * 3 * 3 and first["output_shape"] == [48, 112, 112]
+    kinds = {layer["kind"] for layer in r["layers"]}
+    assert kinds == {"conv", "pointwise", "depthwise", "fc"}
+    assert profile("mobilenet_v2_140")["madds"] == r["madds"]
+
+
+def test_madds_follow_resolution_multiplier():
+    # V1 Table 7 at 192 px; counts scale with the map area except the classifier.
+    assert profile("mobilenet_v1", 192)["madds"] == 418_121_728
+    r128 = profile("mobilenet_v1", 128)
+    assert r128["params"] == profile("mobilenet_v1", 224)["params"]
+
+
+@pytest.mark.parametrize("m, n, k, size", [(32, 64, 3, 56), (512, 512, 3, 14), (16, 24, 5, 7),
+                                           (3, 1000, 7, 9)])
+def test_separable_cost_ratio_is_one_over_n_plus_one_over_k2(m, n, k, size):
+    standard = nn.Conv2d(m, n, k, padding=k // 2, bias=False)
+    separable = nn.Sequential(nn.Conv2d(m, m, k, padding=k // 2, groups=m, bias=False),
+                              nn.Conv2d(m, n, 1, bias=False))
+    s, d = profile(standard, size), profile(separable, size)
+    assert s["madds"] == k * k * m * n * size * size
+    assert d["madds"] / s["madds"] == pytest.approx(1 / n + 1 / k ** 2, rel=1e-12)
+    assert d["params"] / s["params"] == pytest.approx(1 / n + 1 / k ** 2, rel=1e-12)
+
+
+def test_table3_memory_maxima():
+    assert profile("mobilenet_v1")["memory_table3_bytes_fp16"] == 64 * 112 * 112 * 2
+    v2 = profile("mobilenet_v2")
+    assert v2["memory_table3_bytes_fp16"] == 16 * 112 * 112 * 2
+    assert [(row["size"], row["channels"]) for row in v2["memory_table3"]] == [
+        ("112x112", 16), ("56x56", 24), ("28x28", 32), ("14x14", 96), ("7x7", 320), ("1x1", 1280)]
+
+
+def test_eager_peak_memory_is_the_widest_op():
+    # V2's widest op: batch norm over block 1's expansion, 96 channels at 112², input + output.
+    r = profile("mobilenet_v2")
+    assert r["peak_memory_bytes_fp32"] == 2 * 96 * 112 * 112 * 4
+    assert r["peak_memory_bytes_fp16"] == r["peak_memory_bytes_fp32"] // 2
+
+
+def test_eager_peak_counts_the_tensor_held_for_the_shortcut():
+    block_only = nn.Sequential(create_model("mobilenet_v2").blocks[2])
+    r = profile(block_only, 56)
+    x, wide = 24 * 56 * 56, 144 * 56 * 56
+    assert r["peak_memory_bytes_fp32"] == (x + 2 * wide) * 4
+
+
+def test_profile_leaves_the_model_untouched_and_real():
+    m = create_model("mobilenet_v3_small").train()
+    before = m.blocks[3].expand[0].weight.clone()
+    profile(m, 96)
+    assert m.training and m.blocks[3].expand[0].weight.device.type == "cpu"
+    assert torch.equal(before, m.blocks[3].expand[0].weight)
+
+
+def test_resolution_below_total_stride_is_an_error():
+    with pytest.raises(MobileNetsError, match="resolution=16 is too small .* total stride 32"):
+        profile("mobilenet_v2", 16)
+    assert profile(create_model("mobilenet_v2", small_input=True), 28)["madds"] > 0

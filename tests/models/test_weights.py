@@ -1,0 +1,279 @@
+"""The weights format: round trips, pretrained= by path and URL, weights-only checkpoints, and
+one-line errors for files that are not weights, are cut short, or would run code."""
+import functools
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from mobilenets import create_model
+from mobilenets.core.errors import MobileNetsError
+from mobilenets.models.weights import (imagenet_classes, load_backbone, load_weights, resolve_weights, save_weights)
+from mobilenets.models.mobilenet import load_model
+
+X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+# tiny forward passes: one thread (fixture in conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v2", width_mult=0.35, num_classes=10, **kw)
+    with torch.no_grad():  # BN statistics that are not the identity, so that they must load
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def logits(model):
+    with torch.no_grad():
+        return model.eval()(X)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = tiny()
+    path = tmp_path / "w.safetensors"
+    save_weights(path, model, {"classes": [f"c{i}" for i in range(10)],
+                               "preprocessing": {"resolution": 64, "mean": [0.5] * 3, "std": [0.5] * 3}})
+    return model, path
+
+
+def one_line_error(excinfo) -> str:
+    msg = str(excinfo.value)
+    assert "\n" not in msg and msg
+    return msg
+
+
+def test_round_trip(saved):
+    model, path = saved
+    state, meta = load_weights(path)
+    assert meta["model"] == "mobilenet_v2" and meta["format"] == "mobilenets/1"
+    assert meta["model_kwargs"] == {"width_mult": 0.35, "num_classes": 10}
+    assert torch.equal(state["blocks.3.expand.1.running_var"],
+                       model.state_dict()["blocks.3.expand.1.running_var"])
+    loaded, _ = load_model(path)
+    assert torch.equal(logits(loaded), logits(model))
+    assert loaded.classes[3] == "c3" and loaded.pretrained_cfg["resolution"] == 64
+
+
+def test_pretrained_path(saved):
+    model, path = saved
+    loaded = create_model("mobilenet_v2", pretrained=str(path), width_mult=0.35, num_classes=10)
+    assert torch.equal(logits(loaded), logits(model))
+    assert loaded.pretrained_cfg["mean"] == [0.5, 0.5, 0.5]
+
+
+def test_pretrained_takes_shape_neutral_options_from_the_file(tmp_path):
+    # TF padding, BN eps and ReLU6 in V1 change no tensor shape: without them a TF-converted
+    # file would load and silently compute something else
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v1", width_mult=0.25, num_classes=5, padding="same",
+                         act="relu6").eval()
+    path = tmp_path / "tf.safetensors"
+    save_weights(path, model)
+    loaded = create_model("mobilenet_v1", pretrained=path)
+    assert loaded.model_kwargs == {"width_mult": 0.25, "num_classes": 5, "padding": "same", "act": "relu6"}
+    assert isinstance(loaded.stem[0], torch.nn.Module) and type(loaded.stem[0]).__name__ == "SamePad"
+    assert torch.equal(logits(loaded), logits(model))
+    # an explicit option still wins
+    assert create_model("mobilenet_v1", pretrained=path, act="relu").model_kwargs["act"] == "relu"
+
+
+def test_other_width_is_named(saved):
+    _, path = saved
+    with pytest.raises(MobileNetsError) as e:
+        create_model("mobilenet_v2_050", pretrained=str(path), num_classes=10)
+    msg = one_line_error(e)
+    assert msg.startswith(str(path)) and "missing" not in msg and "unexpected" not in msg
+    assert "wrong shape: blocks.1.project.0.weight (8, 48, 1, 1) vs (16, 48, 1, 1)" in msg
+
+
+def test_other_architecture_is_named(saved):
+    _, path = saved
+    with pytest.raises(MobileNetsError) as e:
+        create_model("mobilenet_v3_small", pretrained=str(path), num_classes=10)
+    msg = one_line_error(e)
+    assert "missing: " in msg and "unexpected: " in msg and "blocks.0.se.fc1.weight" in msg
+
+
+def test_torch_checkpoint_weights_only(tmp_path, saved):
+    model, _ = saved
+    path = tmp_path / "ckpt.pth"
+    torch.save({"model": model.state_dict(), "optimizer": {"lr": 0.1, "step": 7},
+                "metadata": {"classes": ["a"] * 10}}, path)
+    state, meta = load_weights(path)
+    assert meta["classes"] == ["a"] * 10
+    loaded = create_model("mobilenet_v2", pretrained=path, width_mult=0.35, num_classes=10)
+    assert torch.equal(logits(loaded), logits(model))
+
+
+class RunsCode:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path):
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"stem.0.weight": torch.zeros(1), "payload": RunsCode(marker)}, path)
+    with pytest.raises(MobileNetsError) as e:
+        create_model("mobilenet_v2", pretrained=path)
+    msg = one_line_error(e)
+    assert msg.startswith(f"{path}: refused to unpickle: it would import ")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "pth"])
+def test_truncated_file(tmp_path, saved, kind):
+    model, spath = saved
+    full = tmp_path / f"full.{kind}"
+    if kind == "pth":
+        torch.save(model.state_dict(), full)
+    else:
+        full = spath
+    data = full.read_bytes()
+    cut = tmp_path / f"cut.{kind}"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(MobileNetsError) as e:
+        load_weights(cut)
+    msg = one_line_error(e)
+    assert msg.startswith(str(cut)) and ("truncated" in msg or "not a safetensors" in msg)
+
+
+def test_not_a_checkpoint(tmp_path):
+    path = tmp_path / "notes.safetensors"
+    path.write_text("these are not weights\n")
+    with pytest.raises(MobileNetsError) as e:
+        load_weights(path)
+    assert "not a safetensors file nor a torch checkpoint" in one_line_error(e)
+    with pytest.raises(MobileNetsError, match="no such file"):
+        load_weights(tmp_path / "absent.safetensors")
+    empty = tmp_path / "empty.pth"
+    torch.save({"epoch": 3}, empty)
+    with pytest.raises(MobileNetsError, match="no state dict"):
+        load_weights(empty)
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A local HTTP server for tmp_path/www: the one kind of URL reachable here."""
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(root))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_url_download_is_cached(tmp_path, monkeypatch, saved, server):
+    model, path = saved
+    root, base = server
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MOBILENETS_CACHE", str(cache))
+    (root / "v2.safetensors").write_bytes(path.read_bytes())
+    loaded = create_model("mobilenet_v2", pretrained=f"{base}/v2.safetensors", width_mult=0.35,
+                          num_classes=10)
+    assert torch.equal(logits(loaded), logits(model))
+    assert sorted(p.name for p in cache.iterdir()) == ["v2.safetensors"]
+    (root / "v2.safetensors").unlink()  # served once: the second use reads the cache
+    assert resolve_weights(f"{base}/v2.safetensors") == cache / "v2.safetensors"
+
+
+def test_url_that_is_not_weights_leaves_nothing(tmp_path, monkeypatch, server):
+    root, base = server
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MOBILENETS_CACHE", str(cache))
+    (root / "page.safetensors").write_text("<html>login required</html>")
+    with pytest.raises(MobileNetsError) as e:
+        resolve_weights(f"{base}/page.safetensors")
+    assert "not a safetensors file" in one_line_error(e)
+    with pytest.raises(MobileNetsError) as e:
+        resolve_weights(f"{base}/missing.safetensors")
+    assert "cannot download" in one_line_error(e) and "404" in str(e.value)
+    assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_unreachable_url(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MOBILENETS_CACHE", str(cache))
+    url = "http://127.0.0.1:9/weights/v2.safetensors"  # discard port: nothing listens
+    with pytest.raises(MobileNetsError) as e:
+        create_model("mobilenet_v2", pretrained=url)
+    msg = one_line_error(e)
+    assert msg.startswith(url) and "cannot download" in msg
+    assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_imagenet_classes():
+    names = imagenet_classes()
+    assert len(names) == 1000 == len(set(names))
+    assert (names[0], names[1], names[999]) == ("tench", "goldfish", "toilet tissue")
+
+
+def test_act_option():
+    v1 = create_model("mobilenet_v1_025", act="relu6")
+    assert isinstance(v1.stem[2], torch.nn.ReLU6) and isinstance(v1.blocks[0].project[2], torch.nn.ReLU6)
+    assert isinstance(create_model("mobilenet_v1_025").stem[2], torch.nn.ReLU)
+    with pytest.raises(MobileNetsError, match="applies to MobileNetV1/V2"):
+        create_model("mobilenet_v3_small", act="relu6")
+    with pytest.raises(MobileNetsError, match="act='gelu' is not one of"):
+        create_model("mobilenet_v2", act="gelu")
+
+
+def test_safetensors_whose_header_length_starts_with_0x80(tmp_path):
+    # The first byte of the header length is the pickle magic by chance; the file must still be
+    # read as safetensors, metadata included.
+    model = create_model("mobilenet_v2_035", num_classes=3)
+    for pad in range(256):
+        path = tmp_path / "w.safetensors"
+        save_weights(path, model, {"note": "x" * pad})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.skip("no padding gave a 0x80 first byte")
+    state, meta = load_weights(path)
+    assert meta["model"] == "mobilenet_v2_035" and meta["note"] == "x" * pad
+    assert len(state) == len(model.state_dict())
+
+
+def test_backbone_of_a_classifier_starts_a_segmenter(tmp_path):
+    torch.manual_seed(0)
+    classifier = create_model("mobilenet_v2", num_classes=10, width_mult=0.35)
+    path = tmp_path / "cls.safetensors"
+    save_weights(path, classifier)
+    seg = create_model("deeplabv3_mobilenet_v2", num_classes=11, width_mult=0.35)
+    head_before = {k: v.clone() for k, v in seg.state_dict().items() if k.startswith("head")}
+    got = load_backbone(seg, path)
+    theirs, ours = classifier.state_dict(), seg.state_dict()
+    backbone = [k for k in ours if k.split(".")[0] in ("stem", "blocks", "last_conv")
+                and "num_batches" not in k]
+    assert got == {"loaded": len(backbone), "backbone_tensors": len(backbone), "skipped": []}
+    assert len(backbone) > 200 and all(torch.equal(ours[k], theirs[k]) for k in backbone)
+    assert all(torch.equal(ours[k], v) for k, v in head_before.items())     # the head stays
+    # a grayscale classifier: all but the stem's convolution
+    gray = tmp_path / "gray.safetensors"
+    save_weights(gray, create_model("mobilenet_v2", num_classes=10, width_mult=0.35, in_chans=1))
+    got = load_backbone(seg, gray)
+    assert got["skipped"] == ["stem.0.weight"] and got["loaded"] == len(backbone) - 1
+    other = tmp_path / "wide.safetensors"
+    save_weights(other, create_model("mobilenet_v2", num_classes=10, width_mult=1.0))
+    with pytest.raises(MobileNetsError, match="wide.safetensors: shares no backbone tensor"):
+        load_backbone(seg, other)

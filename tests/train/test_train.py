@@ -1,0 +1,176 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mobilenets.datasets.fashion_mnist import FMNIST_CLASSES, FMNIST_MEAN
+from mobilenets.datasets.splits import TensorSplit
+from mobilenets.cli import main
+from mobilenets.core.errors import MobileNetsError
+from mobilenets.train import DEFAULTS, TrainingStopped, load_recipe, train
+from mobilenets.models.mobilenet import load_model
+
+TIMING = ("epoch_seconds", "img_per_s")
+
+
+def tiny(**over) -> dict:
+    """A real Fashion-MNIST run small enough for a test: 512 training images, α 0.35."""
+    cfg = {**DEFAULTS, **load_recipe("fashion-mnist"), "recipe": "fashion-mnist",
+           "limit_train": 512, "limit_val": 256, "batch_size": 32, "epochs": 2, "lr": 0.05}
+    cfg.update(over)
+    return cfg
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(ln) for ln in path.read_text().splitlines()]
+
+
+def without_timing(records):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    report = train(tiny(epochs=5, limit_train=384, batch_size=16, lr=0.03, erasing=0.0), out, progress=False)
+    return out, report
+
+
+def test_run_directory_contract(run):
+    out, report = run
+    for name in ("best.safetensors", "last.pt", "metrics.jsonl", "report.json", "training_curve.png"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["model"] == "mobilenet_v2" and saved["epochs"] == 5
+    assert 0 <= saved["top5"] <= 1 and saved["top1"] <= saved["top5"]
+    # The recipe's model at 28 px: the profiler's numbers for it.
+    assert (saved["params"], saved["madds"]) == (408650, 12841824)
+    assert saved["skipped_files"] == 0 and saved["train_seconds"] > 0
+    m = rows(out / "metrics.jsonl")
+    assert [r["epoch"] for r in m] == [1, 2, 3, 4, 5]
+    # It learns: 384 real images, 120 steps, well above chance (10 %) on 256 held-out images.
+    assert m[-1]["train_loss"] < m[0]["train_loss"]
+    assert saved["best_top1"] >= 0.5
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["epoch"] == 5 and state["step_in_epoch"] == 0 and state["global_step"] == 120
+
+
+def test_best_weights_carry_what_inference_needs(run):
+    out, report = run
+    model, meta = load_model(out / "best.safetensors")
+    assert meta["classes"] == FMNIST_CLASSES
+    assert meta["preprocessing"]["resolution"] == 28 and meta["preprocessing"]["in_chans"] == 1
+    assert meta["preprocessing"]["mean"] == list(FMNIST_MEAN)
+    assert meta["top1"] == report["best_top1"]
+    assert model.model_kwargs == {"num_classes": 10, "in_chans": 1, "width_mult": 0.35, "small_input": True}
+
+
+def test_resume_mid_epoch_equals_uninterrupted(tmp_path, interrupt_at):
+    cfg = tiny(limit_train=256, limit_val=64, epochs=2, resolution=16)
+    straight = tmp_path / "straight"
+    train(dict(cfg), straight, progress=False)
+
+    broken = tmp_path / "broken"
+    # 8 steps per epoch: interrupted before epoch 2's third step
+    undo = interrupt_at(TensorSplit, 11)
+    assert train(dict(cfg), broken, progress=False)["interrupted"]
+    state = torch.load(broken / "last.pt", weights_only=True)
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 2)
+    undo()
+    train(dict(cfg, _explicit=[]), broken, resume=str(broken), progress=False)
+
+    assert without_timing(rows(broken / "metrics.jsonl")) == without_timing(rows(straight / "metrics.jsonl"))
+    a, b = load_file(straight / "best.safetensors"), load_file(broken / "best.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    original = TensorSplit.batches
+
+    def poisoned(self, batch, seed, epoch, *a, **kw):
+        for x, y in original(self, batch, seed, epoch, *a, **kw):
+            yield (x * float("nan") if self.augment is not None and epoch == 1 else x), y
+    monkeypatch.setattr(TensorSplit, "batches", poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(TrainingStopped, match=r"loss became nan at epoch 2 step 1.*last\.pt \(epoch 1\)"):
+        train(tiny(limit_train=64, limit_val=32, resolution=16), out, progress=False)
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
+    assert not (out / "report.json").exists()
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"epochs": 0}, r"epochs=0 is invalid; allowed: integer >= 1"),
+    ({"lr": -0.1}, r"lr=-0.1 is invalid; allowed: number > 0"),
+    ({"schedule": "linear"}, r"schedule='linear' is invalid"),
+    ({"label_smoothing": 1.5}, r"label_smoothing=1.5 is invalid"),
+    ({"model_options": ["relu6"]}, r"model_options=\['relu6'\] is invalid; allowed: a JSON object"),
+    ({"model_options": {"width_mult": 0.5}}, r"allowed: options other than width_mult \(set those"),
+    ({"model_options": {"proj": "relu6"}}, r"mobilenet_v2 does not take proj;"),
+])
+def test_invalid_recipe_values(tmp_path, over, match):
+    with pytest.raises(MobileNetsError, match=match):
+        train(tiny(**over), tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_model_options_reach_the_weights_and_old_checkpoints_resume(tmp_path, run):
+    out, report = run
+    # A checkpoint written before model_options existed resumes with the default ({}).
+    state = torch.load(out / "last.pt", weights_only=True)
+    del state["config"]["model_options"]
+    (tmp_path / "old").mkdir()
+    torch.save(state, tmp_path / "old" / "last.pt")
+    resumed = train(tiny(_explicit=[]), tmp_path / "old", resume=str(tmp_path / "old"), progress=False)
+    assert resumed["top1"] == report["top1"] and resumed["model_kwargs"] == report["model_kwargs"]
+
+    opts = train(tiny(limit_train=32, limit_val=32, epochs=1, model_options={"proj_act": "relu6"}),
+                 tmp_path / "relu6", progress=False)
+    assert opts["model_kwargs"]["proj_act"] == "relu6"
+    model, meta = load_model(tmp_path / "relu6" / "best.safetensors")
+    assert meta["model"] == "mobilenet_v2" and meta["model_kwargs"]["proj_act"] == "relu6"
+    assert {b.proj_act for b in model.arch.blocks} == {"relu6"}
+
+
+def test_resume_errors_overwrite_nothing(tmp_path, run):
+    out, _ = run
+    with pytest.raises(MobileNetsError, match=r"no checkpoint at .*missing$"):
+        train(tiny(_explicit=[]), tmp_path / "missing", resume=str(tmp_path / "missing"), progress=False)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "last.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(MobileNetsError, match=r"not a readable checkpoint"):
+        train(tiny(_explicit=[]), bad, resume=str(bad), progress=False)
+    assert (bad / "last.pt").read_bytes() == b"\x00garbage"
+    before = (out / "last.pt").read_bytes()
+    with pytest.raises(MobileNetsError, match=r"trains mobilenet_v2 with model='mobilenet_v2', not 'mobilenet_v3_small'"):
+        train(tiny(model="mobilenet_v3_small", _explicit=["model"]), out, resume=str(out), progress=False)
+    with pytest.raises(MobileNetsError, match=r"already holds a run"):
+        train(tiny(), out, progress=False)
+    assert (out / "last.pt").read_bytes() == before
+
+
+def test_cli_train_eval_and_one_line_errors(tmp_path, capsys):
+    out = tmp_path / "cli"
+    rc = main(["train", "--data", "fashion-mnist", "--epochs", "1", "--batch-size", "32", "--out", str(out),
+               "--set", "limit_train=128", "--set", "limit_val=64", "--set", "resolution=16"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 0 and printed["epochs"] == 1 and set(printed) >= {"top1", "top5", "params", "madds"}
+    rc = main(["eval", str(out / "best.safetensors"), "--data", "fashion-mnist"])
+    text = capsys.readouterr().out
+    result = json.loads((out / "eval.json").read_text())
+    assert rc == 0 and result["images"] == 10000 and (out / "confusion_matrix.png").is_file()
+    assert sum(map(sum, result["confusion"])) == 10000 and len(result["per_class"]) == 10
+    assert f"top-1 {result['top1']:.4f}" in text and result["flip"] is False
+    assert main(["eval", str(out / "best.safetensors"), "--data", "fashion-mnist", "--flip",
+                 "--out", str(tmp_path / "flip")]) == 0
+    flipped = json.loads((tmp_path / "flip/eval.json").read_text())
+    assert flipped["flip"] is True and flipped["images"] == 10000 and flipped["loss"] != result["loss"]
+    assert "10000 images with flipped copies" in capsys.readouterr().out
+    for argv, match in ((["train", "--out", str(tmp_path / "e"), "--epochs", "0"], "epochs=0"),
+                        (["train", "--out", str(tmp_path / "e"), "--recipe", "nope"], "--recipe nope"),
+                        (["train", "--out", str(tmp_path / "e"), "--set", "bogus=1"], "--set bogus=1")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert match in err and "\n" not in err
