@@ -47,15 +47,35 @@ class _Reader:
         self.i = 0
 
 
+def cpu_has_vnni(cpuinfo: str | None = None) -> bool:
+    """Whether this x86 CPU has a VNNI int8 dot-product instruction (AVX512-VNNI or AVX-VNNI)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = next((ln.split(":", 1)[1].split() for ln in cpuinfo.splitlines() if ln.startswith("flags")), [])
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
 def quantize_onnx(fp32_path: str | os.PathLike, out: str | os.PathLike, calibration: torch.Tensor,
-                  method: str = "minmax", per_channel: bool = True, extra_meta: dict | None = None) -> Path:
+                  method: str = "minmax", per_channel: bool = True, extra_meta: dict | None = None,
+                  reduce_range: bool | None = None) -> Path:
     """Write the int8 QDQ form of an fp32 mobilenets ONNX file, calibrated on `calibration`
-    (preprocessed images N×C×H×W). Metadata is copied over with precision "int8"."""
+    (preprocessed images N×C×H×W). Metadata is copied over with precision "int8".
+
+    `reduce_range` quantizes weights to 7 bits. Without VNNI, x86 int8 kernels multiply uint8
+    activations by int8 weights into saturating 16-bit sums (vpmaddubsw), which overflow with
+    full-range weights; on an AVX2-only CPU here that cut the int8/fp32 logit correlation of a
+    small V2 from 0.91 to 0.84. None (default): reduce when this CPU has no VNNI, since the file
+    is usually run where it is made; pass False for a VNNI target, True for a mixed fleet."""
     import onnx
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if reduce_range is None:
+        reduce_range = not cpu_has_vnni()
     if method not in CALIBRATION_METHODS:
         raise MobileNetsError(f"calibration method {method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
     if len(calibration) == 0:
@@ -71,7 +91,7 @@ def quantize_onnx(fp32_path: str | os.PathLike, out: str | os.PathLike, calibrat
         with atomic_path(out) as tmp:
             quantize_static(
                 str(prepped), str(tmp), _Reader(calibration),
-                quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method={"minmax": CalibrationMethod.MinMax,
                                   "percentile": CalibrationMethod.Percentile,
@@ -81,7 +101,8 @@ def quantize_onnx(fp32_path: str | os.PathLike, out: str | os.PathLike, calibrat
             proto = onnx.load(str(tmp))
             meta = {**meta, "precision": "int8",
                     "quantization": {"engine": "onnxruntime", "format": "QDQ",
-                                     "weights": "int8 symmetric per-channel" if per_channel else "int8 per-tensor",
+                                     "weights": ("int8 symmetric per-channel" if per_channel else "int8 per-tensor")
+                                                + (", 7-bit range" if reduce_range else ""),
                                      "activations": "uint8 asymmetric", "calibration": method,
                                      "calibration_images": len(calibration), **(extra_meta or {})}}
             del proto.metadata_props[:]

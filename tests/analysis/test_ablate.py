@@ -6,12 +6,12 @@ import sys
 import pytest
 import torch
 
-from mobilenets import models
-from mobilenets.analysis.ablate import (ABLATIONS, Schedule, _madds, arm_configs, match_width, run_ablations, upgrade_weights, verdict, write_report)
+from mobilenets.models import mobilenet as models
+from mobilenets.analysis.ablate import (ABLATIONS, Schedule, _madds, arm_configs, match_width, run_ablations,
+                                        upgrade_weights, verdict, write_report)
 from mobilenets.cli import main
 from mobilenets.core.errors import MobileNetsError
-from mobilenets.models.mobilenet import create_model, mobilenet
-from mobilenets.models.mobilenet import load_model
+from mobilenets.models.mobilenet import create_model, load_model, mobilenet
 from mobilenets.models.weights import load_state_into, load_weights, save_weights
 
 

@@ -17,5 +17,5 @@ def test_matching_rule():
 
 def test_generated_doc_is_current():
     from pathlib import Path
-    doc = Path(__file__).parent.parent / "docs" / "paper_tables.md"
+    doc = Path(__file__).parents[2] / "docs" / "paper_tables.md"
     assert doc.read_text() == render_markdown(), "run: mobilenets paper-tables --out docs/paper_tables.md"

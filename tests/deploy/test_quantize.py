@@ -8,7 +8,7 @@ from mobilenets import MobileNetsError
 from mobilenets.datasets.calibration import calibration_set, preprocessed
 from mobilenets.cli import main
 from mobilenets.deploy.export import export, onnx_metadata, ort_session
-from mobilenets.deploy.quantize import quantize_onnx
+from mobilenets.deploy.quantize import cpu_has_vnni, quantize_onnx
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +75,11 @@ def test_cli_rejects_bad_calibration_files(fp32, tmp_path, capsys):
         err = capsys.readouterr().err
         assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_vnni_is_read_from_the_cpu_flags():
+    zen3 = "processor : 0\nflags\t\t: fpu sse2 avx avx2 fma bmi2\n"
+    icelake = "flags : fpu avx2 avx512f avx512bw avx512_vnni\n"
+    alder = "flags : fpu avx2 avx_vnni\n"
+    assert not cpu_has_vnni(zen3) and cpu_has_vnni(icelake) and cpu_has_vnni(alder)
+    assert not cpu_has_vnni("")
