@@ -1,4 +1,4 @@
-"""MobileNet V1, V2 and V3 built from the papers' tables."""
+"""MobileNet V1, V2, V3 and V4 built from the papers' tables."""
 from .errors import MobileNetsError
 from .models import MobileNet, create_model, list_models, register_model
 from .profile import profile

@@ -43,7 +43,8 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("profile", help="parameters, multiply-adds and activation memory")
     p.add_argument("model")
-    p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("--resolution", type=int, default=None,
+                   help="input size (default: the model's own, 224 for V1-V3, up to 384 for V4)")
     p.add_argument("--layers", action="store_true", help="one row per conv / linear layer")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_model_options(p)
@@ -89,8 +90,9 @@ def _cmd_profile(args) -> int:
     from .models import check_resolution, create_model
     from .profile import profile
     model = create_model(args.model, **model_kwargs(args))
-    check_resolution(model, args.resolution)
-    r = profile(model, args.resolution)
+    resolution = args.resolution or getattr(model, "pretrained_cfg", {}).get("resolution", 224)
+    check_resolution(model, resolution)
+    r = profile(model, resolution)
     if args.json:
         print(json.dumps(r))
         return 0
@@ -124,7 +126,8 @@ def _cmd_paper_tables(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="mobilenets", description="MobileNet V1, V2 and V3 built from the papers' tables.")
+    parser = _Parser(prog="mobilenets",
+                     description="MobileNet V1, V2, V3 and V4 built from the papers' tables.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_commands(sub)
