@@ -1,4 +1,4 @@
-"""MobileNet V1, V2 and V3 built from the papers' tables.
+"""MobileNet V1, V2, V3 and V4 built from the papers' tables.
 
 Subpackages follow the pipeline: `models` (specs, layers, the builder and registry, weights,
 profiler, task heads) → `datasets` → `train` → `deploy` → `analysis`, with `cli` on top. Each

@@ -82,6 +82,8 @@ def layer_costs(in_ch: int, out_ch: int, kernel: int, size: int, groups=None) ->
 
 def weight_count(layer: dict) -> int:
     """Weights of one profiled conv / linear layer, without its bias, as the papers count."""
+    if layer["kind"] == "attention":   # V4's Q·Kᵀ and attention·V products: no weights
+        return 0
     if layer["kind"] == "fc":
         return layer["input_shape"][-1] * layer["output_shape"][-1]
     kh, kw = layer["kernel"]
@@ -103,11 +105,11 @@ def breakdown(model, resolution: int = 224) -> dict:
     for layer in report["layers"]:
         madds[layer["kind"]] += layer["madds"]
         params[layer["kind"]] += weight_count(layer)
-        if layer["kind"] != "fc":
+        if layer["kind"] not in ("fc", "attention"):
             kernels[layer["kind"]].add(tuple(layer["kernel"]))
     total_m, total_p = sum(madds.values()), sum(params.values())
-    names = dict(TABLE2_ROWS)
-    order = [kind for kind, _ in TABLE2_ROWS] + sorted(set(madds) - set(names))
+    names = {**dict(TABLE2_ROWS), "attention": "Attention Q·Kᵀ, attention·V"}
+    order = [kind for kind, _ in TABLE2_ROWS] + sorted(set(madds) - set(dict(TABLE2_ROWS)))
     rows = []
     for kind in (k for k in order if k in madds):
         sizes = ", ".join(f"{h}×{w}" for h, w in sorted(kernels[kind]))

@@ -3,7 +3,8 @@ tests that hold the models to the papers.
 
 A published figure "matches" when our exact count, rounded or truncated to the published digit,
 gives the published figure: the papers do both (V2 1.0 has 3.47M parameters, printed as 3.4M;
-V1 has 568.7M multiply-adds, printed as 569M).
+V1 has 568.7M multiply-adds, printed as 569M). V4 prints binary units: its "G" MACs are 2^30 and
+its "M" parameters 2^20 (without batch norm, as V1-V3); read so, nine of its ten figures match.
 """
 from __future__ import annotations
 
@@ -21,10 +22,17 @@ class Figure:
     metric: str          # "madds" (millions), "params" (millions, without BN), "memory" (K = 1000 B)
     published: str       # as printed, e.g. "4.2"
     note: str = ""       # why the paper and the reference code disagree, where they do
+    unit: str = ""       # where not the metric's own (M, M, K): "Gi" = 2^30, "Mi" = 2^20 (V4)
 
 
 def _fig(source, model, res, madds, params):
     return [Figure(source, model, res, "madds", madds), Figure(source, model, res, "params", params)]
+
+
+def _v4_fig(model, res, gmacs, params, params_note=""):
+    """V4's ImageNet table: MACs in G and parameters in M, both binary (see the module note)."""
+    return [Figure("V4 ImageNet table", model, res, "madds", gmacs, unit="Gi"),
+            Figure("V4 ImageNet table", model, res, "params", params, params_note, unit="Mi")]
 
 
 FIGURES: list[Figure] = [
@@ -55,6 +63,13 @@ FIGURES: list[Figure] = [
            "we count 43.4M with the reference code's channel rules (expansions as ratios of the "
            "rounded input width), the rules that give Large 0.75 its published 155M"),
     Figure("V3 Table 3", "mobilenet_v3_small_075", 224, "params", "2.0"),
+    *_v4_fig("mobilenet_v4_conv_small", 224, "0.2", "3.8",
+             "3.8 is Conv-S's decimal count with batch norm (3,774,024); in the binary units of "
+             "the other V4 rows, without BN, it has 3.575"),
+    *_v4_fig("mobilenet_v4_conv_medium", 256, "1.0", "9.2"),
+    *_v4_fig("mobilenet_v4_conv_large", 384, "5.9", "31"),
+    *_v4_fig("mobilenet_v4_hybrid_medium", 256, "1.2", "10.5"),
+    *_v4_fig("mobilenet_v4_hybrid_large", 384, "7.2", "35.9"),
 ]
 
 # Exact counts of the reference architectures in PyTorch (params with BN, without BN, MAdds).
@@ -66,7 +81,24 @@ REFERENCE_COUNTS = {
     "mobilenet_v3_small": (2_542_856, 2_530_744, 56_510_400),
 }
 
+# timm 1.0.31's MobileNetV4 at its native input size: (resolution, params, params without BN,
+# MAdds), the parameters counted on `timm.create_model(name)` and the multiply-adds by
+# torch.utils.flop_counter.FlopCounterMode on it, halved (its convolutions, linear layers and
+# attention matmuls). tests/test_v4.py recomputes them from timm for every registered V4 model.
+TIMM_V4_COUNTS = {
+    "mobilenet_v4_conv_small": (224, 3_774_024, 3_748_936, 186_005_568),
+    "mobilenet_v4_conv_small_035": (224, 1_905_384, 1_894_696, 47_723_040),
+    "mobilenet_v4_conv_small_050": (224, 2_238_952, 2_225_096, 64_741_408),
+    "mobilenet_v4_conv_medium": (256, 9_715_512, 9_647_608, 1_080_244_224),
+    "mobilenet_v4_conv_large": (384, 32_590_864, 32_441_312, 6_376_220_672),
+    "mobilenet_v4_hybrid_medium": (256, 11_074_648, 10_998_808, 1_271_183_360),
+    "mobilenet_v4_hybrid_medium_075": (224, 7_313_528, 7_255_688, 649_844_400),
+    "mobilenet_v4_hybrid_large": (384, 37_764_624, 37_600_224, 7_711_877_120),
+    "mobilenet_v4_hybrid_large_075": (256, 22_754_984, 22_630_904, 2_036_234_240),
+}
+
 _SCALE = {"madds": 1e6, "params": 1e6, "memory": 1e3}
+_UNITS = {"Gi": 2.0 ** 30, "Mi": 2.0 ** 20}
 
 
 def ours(fig: Figure, _cache: dict = {}) -> float:  # noqa: B006 (deliberate memo)
@@ -77,7 +109,7 @@ def ours(fig: Figure, _cache: dict = {}) -> float:  # noqa: B006 (deliberate mem
     r = _cache[key]
     value = {"madds": r["madds"], "params": r["params_without_bn"],
              "memory": r["memory_table3_bytes_fp16"]}[fig.metric]
-    return value / _SCALE[fig.metric]
+    return value / (_UNITS[fig.unit] if fig.unit else _SCALE[fig.metric])
 
 
 def matches(value: float, published: str, step: float | None = None) -> bool:
@@ -92,6 +124,21 @@ def fig_matches(fig: Figure) -> bool:
     return matches(ours(fig), fig.published, 100.0 if fig.metric == "memory" else None)
 
 
+V4_NOTE = (
+    "V4's convolutional blocks are the same inverted residual as V1-V3 with two more options.",
+    "The universal inverted bottleneck (UIB) may put a depthwise conv (BN, no activation) before",
+    "the 1×1 expansion and may drop the one after it; (start, middle) kernels (0, k), (k, 0),",
+    "(k, k), (0, 0) give the paper's IB, ConvNext-like, ExtraDW and FFN blocks. The fused IB",
+    "expands with a full 3×3/s2 conv instead. The hybrids add Mobile MQA blocks (batch norm, then",
+    "attention whose heads share one key and one value projection; in the stride-16 stage keys and",
+    "values are first downsampled by a 3×3/s2 depthwise conv) and a layer scale, 1e-5 at",
+    "initialisation, on every UIB and attention block. MAdds count convolutions, linear layers and",
+    "attention's two products, Q·Kᵀ and attention·V: heads · queries · keys · (key_dim +",
+    "value_dim) per block. This equals torch's FLOP counter on timm's model, halved.",
+    "",
+)
+
+
 def render_markdown() -> str:
     lines = [
         "# The papers' figures beside ours",
@@ -104,19 +151,26 @@ def render_markdown() -> str:
         "exist when expansions are computed in splits, 16-bit values, K = 1000 bytes. A figure",
         "matches when our exact count rounded or truncated to the published digit gives it.",
         "",
+        "MobileNetV4 prints binary units: its G MACs are 2^30 multiply-adds and its M parameters",
+        "2^20 (without batch norm), so the rows below read them as Gi and Mi. In decimal units our",
+        "counts exceed the printed figures by 4.6-8.1% (Conv-L: 6.38G MAdds and 32.4M parameters",
+        "without BN, printed 5.9G and 31M); in binary every figure but Conv-S's parameters",
+        "matches. The hybrids' MACs include attention's two matrix products: without them",
+        "Hybrid-M has 1.14 Gi (printed 1.2) and Hybrid-L 6.87 Gi (printed 7.2).",
+        "",
         "| source | model | input | metric | published | ours | match |",
         "|---|---|---|---|---|---|---|",
     ]
     notes = []
     for fig in FIGURES:
         value = ours(fig)
-        unit = {"madds": "M", "params": "M", "memory": "K"}[fig.metric]
+        unit = fig.unit or {"madds": "M", "params": "M", "memory": "K"}[fig.metric]
         ok = fig_matches(fig)
         mark = "✓" if ok else f"✗ [{len(notes) + 1}]"
         if not ok:
             notes.append(fig.note)
         lines.append(f"| {fig.source} | `{fig.model}` | {fig.resolution} | {fig.metric} | "
-                     f"{fig.published}{unit} | {value:.3f}{unit} | {mark} |")
+                     f"{fig.published}{unit.rstrip('i')} | {value:.3f}{unit} | {mark} |")
     lines += ["", "Where the paper and its reference code disagree:", ""]
     lines += [f"{i}. {note}." for i, note in enumerate(notes, 1)]
     lines += ["", "## Exact counts of the reference implementations", "",
@@ -125,6 +179,16 @@ def render_markdown() -> str:
         r = profile(name, 224)
         same = (r["params"], r["params_without_bn"], r["madds"]) == (p, pn, m)
         lines.append(f"| `{name}` | {p:,} | {pn:,} | {m:,} | {'✓' if same else '✗'} |")
+    lines += ["", "## MobileNetV4: exact counts of timm's implementation", "", *V4_NOTE,
+              "| model | input | params | params without BN | MAdds | attention MAdds "
+              "| ours equal |",
+              "|---|---|---|---|---|---|---|"]
+    for name, (res, p, pn, m) in TIMM_V4_COUNTS.items():
+        r = profile(name, res)
+        attention = sum(layer["madds"] for layer in r["layers"] if layer["kind"] == "attention")
+        same = (r["params"], r["params_without_bn"], r["madds"]) == (p, pn, m)
+        lines.append(f"| `{name}` | {res} | {p:,} | {pn:,} | {m:,} | {attention:,} | "
+                     f"{'✓' if same else '✗'} |")
     lines += ["", "## V2 Table 3: memory at each resolution (ours, fp16)", ""]
     for name in ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"):
         rows = profile(name, 224)["memory_table3"]

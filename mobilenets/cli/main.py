@@ -13,7 +13,7 @@ VERB_MODULES = (models, data, train, evaluate, deploy, analysis)
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="mobilenets", description="MobileNet V1, V2 and V3 built from the papers' tables.")
+    parser = Parser(prog="mobilenets", description="MobileNet V1, V2, V3 and V4 built from the papers' tables.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for module in VERB_MODULES:
         module.add_commands(sub)

@@ -19,7 +19,8 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("profile", help="parameters, multiply-adds and activation memory")
     p.add_argument("model")
-    p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("--resolution", type=int, default=None,
+                   help="input size (default: the model's own, 224 for V1-V3, up to 384 for V4)")
     p.add_argument("--layers", action="store_true", help="one row per conv / linear layer")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_model_options(p)
@@ -37,7 +38,9 @@ def add_commands(sub) -> None:
     p.add_argument("--tf", action="store_true", default=None,
                    help="timm tf_* weights (TF padding and BN eps); default: guessed from "
                         "'tf_mobilenet' in the path")
-    p.add_argument("--resolution", type=int, default=224, help="input size the weights were trained at")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="input size the weights were trained at (default: the model's, e.g. 256 "
+                        "for mobilenet_v4_conv_medium, else 224)")
     add_model_options(p)
     p.set_defaults(func=_cmd_convert)
 
@@ -73,8 +76,9 @@ def _cmd_models(args) -> int:
 
 def _cmd_profile(args) -> int:
     model = create_model(args.model, **model_kwargs(args))
-    check_resolution(model, args.resolution)
-    r = profile(model, args.resolution)
+    resolution = args.resolution or getattr(model, "pretrained_cfg", {}).get("resolution", 224)
+    check_resolution(model, resolution)
+    r = profile(model, resolution)
     if args.json:
         print(json.dumps(r))
         return 0

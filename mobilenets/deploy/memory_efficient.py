@@ -43,7 +43,11 @@ def _sliced_conv(conv: nn.Conv2d, out_sl: slice, in_sl: slice | None = None, bia
 
 
 def can_split(block: nn.Module) -> bool:
+    # V4's UIB variants (a depthwise conv before the expansion, none after it, layer scale) and
+    # fused expansions have no split form here.
     return (isinstance(block, InvertedResidual) and isinstance(block.se, nn.Identity)
+            and isinstance(block.start, nn.Identity) and isinstance(block.layer_scale, nn.Identity)
+            and not isinstance(block.depthwise, nn.Identity) and block.expand_kernel == 1
             and isinstance(list(block.project)[-1], nn.Identity)
             and not any(isinstance(m, nn.BatchNorm2d) for m in block.modules()))
 

@@ -36,9 +36,9 @@ import torch
 from torch import nn
 
 from ..core.errors import MobileNetsError
-from .layers import ConvBNAct
+from .layers import ConvBNAct, LayerScale
 from .mobilenet import IMAGENET_MEAN, IMAGENET_STD, create_model, model_defaults
-from .specs import build_arch
+from .specs import V4_TABLES, build_arch
 from .weights import imagenet_classes, load_state_into, load_weights, save_weights
 
 SOURCES = ("torchvision", "timm", "keras")
@@ -98,11 +98,40 @@ _TIMM_COMMON = (
     Rule(r"blocks\.(?P<cn>\d+\.\d+)\.bn1", "last_conv.bn", sibling="blocks.{cn}.conv"),
     Rule(r"classifier", "classifier"),
 )
+# timm's V4 (MobileNetV3 class, same builder): plain conv rows `conv`/`bn1`, fused IB
+# (EdgeResidual) `conv_exp`/`bn1`/`conv_pwl`/`bn2`, UIB `dw_start`/`pw_exp`/`dw_mid`/`pw_proj`
+# (each .conv/.bn) and `layer_scale`, Mobile MQA `norm` and `attn.{query,key,value,output}`; the
+# 960-wide 1×1 conv alone in stage 4; the head layer `conv_head` with BN `norm_head`.
+_TIMM_V4 = Mapping((
+    Rule(r"conv_stem", "stem.conv"),
+    Rule(r"bn1", "stem.bn"),
+    Rule(r"blocks\.4\.0\.conv", "last_conv.conv"),
+    Rule(r"blocks\.4\.0\.bn1", "last_conv.bn"),
+    Rule(_B + r"\.conv", "blocks.{block}.conv"),
+    Rule(_B + r"\.bn1", "blocks.{block}.bn", sibling="blocks.{block}.conv"),
+    Rule(_B + r"\.conv_exp", "blocks.{block}.expand.conv"),
+    Rule(_B + r"\.bn1", "blocks.{block}.expand.bn", sibling="blocks.{block}.conv_exp"),
+    Rule(_B + r"\.conv_pwl", "blocks.{block}.project.conv"),
+    Rule(_B + r"\.bn2", "blocks.{block}.project.bn", sibling="blocks.{block}.conv_exp"),
+    Rule(_B + r"\.dw_start\.(?P<layer>conv|bn)", "blocks.{block}.start.{layer}"),
+    Rule(_B + r"\.pw_exp\.(?P<layer>conv|bn)", "blocks.{block}.expand.{layer}"),
+    Rule(_B + r"\.dw_mid\.(?P<layer>conv|bn)", "blocks.{block}.depthwise.{layer}"),
+    Rule(_B + r"\.pw_proj\.(?P<layer>conv|bn)", "blocks.{block}.project.{layer}"),
+    Rule(_B + r"\.layer_scale", "blocks.{block}.layer_scale"),
+    Rule(_B + r"\.norm", "blocks.{block}.norm"),
+    Rule(_B + r"\.attn\.(?P<kv>key|value)\.down_conv", "blocks.{block}.{kv}_down.conv"),
+    Rule(_B + r"\.attn\.(?P<kv>key|value)\.norm", "blocks.{block}.{kv}_down.bn"),
+    Rule(_B + r"\.attn\.(?P<proj>query|key|value|output)\.proj", "blocks.{block}.{proj}"),
+    Rule(r"conv_head", "head.0"),
+    Rule(r"norm_head", "head.1"),
+    Rule(r"classifier", "classifier"),
+))
 TIMM = {
     "mobilenet_v1": Mapping(_TIMM_COMMON),
     "mobilenet_v2": Mapping(_TIMM_COMMON + (Rule(r"conv_head", "last_conv.conv"),
                                             Rule(r"bn2", "last_conv.bn"))),
     "mobilenet_v3": Mapping(_TIMM_COMMON + (Rule(r"conv_head", "head.0"),)),
+    **{family: _TIMM_V4 for family in V4_TABLES},
 }
 
 # --- Keras applications. Names are normalised (lower case, "/" → "_", "BatchNorm" → "bn") so that
@@ -181,7 +210,8 @@ def canonical_layers(model: nn.Module) -> dict[str, tuple[str, nn.Module]]:
                 if part:
                     out[f"{name}.{part}"] = (f"{name}.{idx}", child)
                     inside.add(id(child))
-        elif isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)) and id(m) not in inside:
+        elif (isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d, LayerScale))
+              and id(m) not in inside):
             out[name] = (name, m)
     return out
 
@@ -360,7 +390,8 @@ def convert(source: str, path: str | os.PathLike, model_name: str, tf: bool | No
     family = model_defaults(model_name).get("family")
     if family is None:
         raise MobileNetsError(f"{model_name} is not a MobileNet classifier; convert into one of "
-                              "mobilenet_v1, mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small")
+                              "mobilenet_v1, mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small, "
+                              "mobilenet_v4_*")
     _mapping(source, family)
     layers = read_keras_layers(path) if source == "keras" else read_torch_layers(path)
     options = dict(options_for(_variant(source, path, tf), family))
@@ -407,10 +438,12 @@ def options_for(variant: str, family: str) -> dict:
 
 
 def convert_file(source: str, path: str | os.PathLike, out: str | os.PathLike, model_name: str,
-                 tf: bool | None = None, resolution: int = 224, **model_kwargs) -> dict:
+                 tf: bool | None = None, resolution: int | None = None, **model_kwargs) -> dict:
     """Convert and write `out` (safetensors with metadata); returns the metadata written."""
     path = Path(path)
     model = convert(source, path, model_name, tf=tf, **model_kwargs)
+    # The model's own input size unless told: V4's reference weights are 224, 256 or 384 px.
+    resolution = resolution or model.pretrained_cfg.get("resolution", 224)
     variant = _variant(source, path, tf)
     num_classes = _num_classes(model)
     meta = {
@@ -431,7 +464,3 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI

@@ -1,6 +1,7 @@
 """Building blocks shared by every MobileNet: conv-BN-activation, squeeze-excite, and one
-inverted-residual block that is V1's depthwise separable block, V2's bottleneck and V3's bneck
-depending on its options."""
+inverted-residual block that is V1's depthwise separable block, V2's bottleneck, V3's bneck and
+V4's universal inverted bottleneck (UIB) and fused IB depending on its options; beside it, V4's
+layer scale and Mobile MQA attention block."""
 from __future__ import annotations
 
 import math
@@ -15,6 +16,7 @@ ACTIVATIONS = {
     "relu6": nn.ReLU6,
     "hswish": nn.Hardswish,
     "hsigmoid": nn.Hardsigmoid,
+    "gelu": nn.GELU,   # MobileNetV4 Hybrid-L
     None: nn.Identity,
 }
 
@@ -143,44 +145,131 @@ SHORTCUTS = ("bottleneck", "expansion", "none")
 
 
 class InvertedResidual(nn.Module):
-    """1×1 expansion → k×k depthwise → [squeeze-excite] → 1×1 projection, with a shortcut.
+    """[k×k depthwise] → 1×1 (or k×k fused) expansion → [k×k depthwise] → [squeeze-excite] →
+    1×1 projection → [layer scale], with a shortcut.
 
     - V2 bottleneck: expand_ch = t·in_ch, act relu6, linear projection (proj_act None).
     - V3 bneck: explicit expand_ch, act relu or hswish, optional SE, kernel 3 or 5.
     - V1 depthwise separable: expand_ch == in_ch (no expansion conv), projection with ReLU,
       shortcut "none".
+    - V4 universal inverted bottleneck (UIB): `start_kernel` adds a depthwise conv (BN, no
+      activation) before the expansion, `kernel_size` 0 drops the one after it. Start / middle
+      kernels give the paper's four instances: IB (0, k), ConvNext-like (k, 0), ExtraDW (k, k),
+      FFN (0, 0). The stride goes to the middle depthwise conv, else to the start one.
+    - V4 fused IB: `expand_kernel` > 1 makes the expansion a full k×k conv carrying the stride,
+      with no depthwise conv (kernel_size 0).
     `shortcut` places the residual as in V2 Fig. 6b: "bottleneck" joins the thin block input
     and output (as published), "expansion" joins the wide tensors on either side of the
     depthwise conv, "none" removes it. A shortcut exists only where shapes allow it.
+    `layer_scale` > 0 scales the projection's output per channel before the shortcut (V4 hybrids).
     """
 
     def __init__(self, in_ch: int, out_ch: int, expand_ch: int, kernel_size: int = 3,
                  stride: int = 1, dilation: int = 1, se_ch: int = 0, act: str = "relu6",
                  proj_act: str | None = None, shortcut: str = "bottleneck",
+                 padding: str = "symmetric", bn_eps: float = 1e-5, bn_momentum: float = 0.1,
+                 start_kernel: int = 0, expand_kernel: int = 1, layer_scale: float = 0.0):
+        super().__init__()
+        if shortcut not in SHORTCUTS:
+            raise ValueError(f"shortcut={shortcut!r} is not one of {SHORTCUTS}")
+        fused = expand_kernel > 1
+        if fused and (kernel_size or start_kernel):
+            raise ValueError("a fused expansion (expand_kernel > 1) takes no depthwise conv")
+        if stride > 1 and not (kernel_size or start_kernel or fused):
+            raise ValueError(f"stride={stride} needs a depthwise or fused conv to carry it")
+        norm = dict(padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum)
+        self.in_channels, self.out_channels, self.stride = in_ch, out_ch, stride
+        self.expand_kernel = expand_kernel
+        self.start = (ConvBNAct(in_ch, in_ch, start_kernel, 1 if kernel_size else stride,
+                                groups=in_ch, dilation=dilation, act=None, **norm)
+                      if start_kernel else nn.Identity())
+        self.expand = (ConvBNAct(in_ch, expand_ch, expand_kernel, stride if fused else 1,
+                                 dilation=dilation if fused else 1, act=act, **norm)
+                       if expand_ch != in_ch or fused else nn.Identity())
+        self.depthwise = (ConvBNAct(expand_ch, expand_ch, kernel_size, stride, groups=expand_ch,
+                                    dilation=dilation, act=act, **norm)
+                          if kernel_size else nn.Identity())
+        self.se = SqueezeExcite(expand_ch, se_ch) if se_ch else nn.Identity()
+        self.project = ConvBNAct(expand_ch, out_ch, 1, act=proj_act, **norm)
+        self.layer_scale = LayerScale(out_ch, layer_scale) if layer_scale else nn.Identity()
+        self.residual = stride == 1 and shortcut == "bottleneck" and in_ch == out_ch
+        self.expansion_residual = stride == 1 and shortcut == "expansion"
+        self._add_in_place = proj_act is None or bool(layer_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        wide = self.expand(self.start(x))
+        out = self.se(self.depthwise(wide))
+        if self.expansion_residual:
+            out = out + wide
+        out = self.layer_scale(self.project(out))
+        if self.residual:
+            # A linear projection's (or layer scale's) output is saved by nothing, so adding in
+            # place is safe for autograd and spares one allocation; after an activation it is
+            # saved for backward.
+            out = out.add_(x) if self._add_in_place else out + x
+        return out
+
+
+class LayerScale(nn.Module):
+    """A learned per-channel scale on a residual branch's output (CaiT), started small so that a
+    deep stack begins close to the identity; V4's hybrids use it on every UIB and attention
+    block. The parameter is named `gamma`, as in timm and the TF reference."""
+
+    def __init__(self, channels: int, init: float = 1e-5):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((channels,), float(init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma.view(1, -1, 1, 1)
+
+
+class AttentionProducts(nn.Module):
+    """softmax(q·kᵀ/√d)·v for q (N, heads, Lq, d), k (N, 1, Lk, d), v (N, 1, Lk, dv): a module
+    of its own so that the profiler sees the attention's two matrix products."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+class MultiQueryAttention(nn.Module):
+    """MobileNetV4's Mobile MQA block: BN → multi-query attention → [layer scale], with a shortcut.
+
+    All heads share one key and one value projection (multi-query attention), which cuts the
+    memory traffic that dominates attention on mobile accelerators. With `kv_stride` 2 the keys
+    and values come from a k×k stride-2 depthwise conv + BN first (spatial reduction), so each
+    of the Lq = H·W queries attends to H·W/4 positions. Queries keep full resolution.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, heads: int, key_dim: int, value_dim: int,
+                 kv_stride: int = 1, kv_kernel: int = 3, dilation: int = 1,
+                 layer_scale: float = 0.0, shortcut: str = "bottleneck",
                  padding: str = "symmetric", bn_eps: float = 1e-5, bn_momentum: float = 0.1):
         super().__init__()
         if shortcut not in SHORTCUTS:
             raise ValueError(f"shortcut={shortcut!r} is not one of {SHORTCUTS}")
         norm = dict(padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum)
-        self.in_channels, self.out_channels, self.stride = in_ch, out_ch, stride
-        self.expand = (ConvBNAct(in_ch, expand_ch, 1, act=act, **norm)
-                       if expand_ch != in_ch else nn.Identity())
-        self.depthwise = ConvBNAct(expand_ch, expand_ch, kernel_size, stride, groups=expand_ch,
-                                   dilation=dilation, act=act, **norm)
-        self.se = SqueezeExcite(expand_ch, se_ch) if se_ch else nn.Identity()
-        self.project = ConvBNAct(expand_ch, out_ch, 1, act=proj_act, **norm)
-        self.residual = stride == 1 and shortcut == "bottleneck" and in_ch == out_ch
-        self.expansion_residual = stride == 1 and shortcut == "expansion"
-        self._add_in_place = proj_act is None
+        self.in_channels, self.out_channels, self.stride = in_ch, out_ch, 1
+        self.heads, self.key_dim, self.value_dim = heads, key_dim, value_dim
+        self.norm = nn.BatchNorm2d(in_ch, eps=bn_eps, momentum=bn_momentum)
+        self.query = nn.Conv2d(in_ch, heads * key_dim, 1, bias=False)
+
+        def downsample() -> nn.Module:
+            return (ConvBNAct(in_ch, in_ch, kv_kernel, kv_stride, groups=in_ch, dilation=dilation,
+                              act=None, **norm) if kv_stride > 1 else nn.Identity())
+        self.key_down, self.key = downsample(), nn.Conv2d(in_ch, key_dim, 1, bias=False)
+        self.value_down, self.value = downsample(), nn.Conv2d(in_ch, value_dim, 1, bias=False)
+        self.attend = AttentionProducts()
+        self.output = nn.Conv2d(heads * value_dim, out_ch, 1, bias=False)
+        self.layer_scale = LayerScale(out_ch, layer_scale) if layer_scale else nn.Identity()
+        self.residual = shortcut != "none" and in_ch == out_ch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        wide = self.expand(x)
-        out = self.se(self.depthwise(wide))
-        if self.expansion_residual:
-            out = out + wide
-        out = self.project(out)
-        if self.residual:
-            # A linear projection's output is saved by nothing, so adding in place is safe for
-            # autograd and spares one allocation; after an activation it is saved for backward.
-            out = out.add_(x) if self._add_in_place else out + x
-        return out
+        n, _, h, w = x.shape
+        y = self.norm(x)
+        # Channels are head-major (head · key_dim + d), the layout of the reference weights.
+        q = self.query(y).reshape(n, self.heads, self.key_dim, h * w).transpose(-1, -2)
+        k = self.key(self.key_down(y)).flatten(2).transpose(1, 2).unsqueeze(1)
+        v = self.value(self.value_down(y)).flatten(2).transpose(1, 2).unsqueeze(1)
+        out = self.attend(q, k, v).transpose(-1, -2).reshape(n, self.heads * self.value_dim, h, w)
+        out = self.layer_scale(self.output(out))
+        return out + x if self.residual else out

@@ -12,16 +12,32 @@ import torch
 from torch import nn
 
 from ..core.errors import MobileNetsError
-from .layers import ConvBNAct, InvertedResidual, make_activation
-from .specs import Arch, build_arch
+from .layers import ConvBNAct, InvertedResidual, MultiQueryAttention, make_activation
+from .specs import Arch, AttentionSpec, ConvSpec, build_arch
 from .weights import load_state_into, load_weights, read_metadata, resolve_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def build_block(spec, **norm) -> nn.Module:
+    """The module of one block spec: an inverted residual (V1–V4), a V4 attention block, or a
+    plain conv-BN-act row."""
+    if isinstance(spec, ConvSpec):
+        return ConvBNAct(spec.in_ch, spec.out_ch, spec.kernel, spec.stride, dilation=spec.dilation,
+                         act=spec.act, **norm)
+    if isinstance(spec, AttentionSpec):
+        return MultiQueryAttention(spec.in_ch, spec.out_ch, spec.heads, spec.key_dim,
+                                   spec.value_dim, spec.kv_stride, spec.kv_kernel, spec.dilation,
+                                   spec.layer_scale, spec.shortcut, **norm)
+    return InvertedResidual(spec.in_ch, spec.out_ch, spec.expand_ch, spec.kernel, spec.stride,
+                            spec.dilation, spec.se_ch, spec.act, spec.proj_act, spec.shortcut,
+                            **norm, start_kernel=spec.start_kernel,
+                            expand_kernel=spec.expand_kernel, layer_scale=spec.layer_scale)
+
+
 class MobileNet(nn.Module):
-    """stem → blocks → [last 1×1 conv] → pool → [V3 head layer] → dropout → classifier.
+    """stem → blocks → [last 1×1 conv] → pool → [V3/V4 head layer] → dropout → classifier.
 
     With `features_only=True` only the stem and blocks are built and `forward` returns the
     feature maps at the levels in `out_indices`; `feature_info` gives their channels and
@@ -35,10 +51,7 @@ class MobileNet(nn.Module):
         self.arch = arch
         norm = dict(padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum)
         self.stem = ConvBNAct(in_chans, arch.stem_ch, 3, arch.stem_stride, act=arch.stem_act, **norm)
-        self.blocks = nn.Sequential(*[
-            InvertedResidual(b.in_ch, b.out_ch, b.expand_ch, b.kernel, b.stride, b.dilation,
-                             b.se_ch, b.act, b.proj_act, b.shortcut, **norm)
-            for b in arch.blocks])
+        self.blocks = nn.Sequential(*[build_block(b, **norm) for b in arch.blocks])
         self.feature_info = self._feature_info()
         self.features_only = features_only
         if features_only:
@@ -58,9 +71,16 @@ class MobileNet(nn.Module):
         ch = arch.last_conv_ch or ch
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
-        # V3's efficient last stage: the widest layer works on the pooled 1×1 map, without BN.
-        self.head = (nn.Sequential(nn.Linear(ch, arch.head_ch), make_activation(arch.head_act))
-                     if arch.head_ch else nn.Identity())
+        if arch.head_ch and arch.head_norm:
+            # V4 keeps batch norm there (and so no bias): a conv-BN-act unit on the 1×1 map.
+            self.head = nn.Sequential(
+                nn.Linear(ch, arch.head_ch, bias=False),
+                nn.BatchNorm1d(arch.head_ch, eps=bn_eps, momentum=bn_momentum),
+                make_activation(arch.head_act))
+        else:
+            # V3's efficient last stage: the widest layer works on the pooled 1×1 map, without BN.
+            self.head = (nn.Sequential(nn.Linear(ch, arch.head_ch), make_activation(arch.head_act))
+                         if arch.head_ch else nn.Identity())
         self.num_features = arch.head_ch or ch
         self.dropout = nn.Dropout(arch.dropout)
         self.classifier = (nn.Linear(self.num_features, num_classes) if num_classes > 0
@@ -83,12 +103,13 @@ class MobileNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d, nn.GroupNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.last_conv(self.blocks(self.stem(x)))
@@ -191,10 +212,12 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
               shortcut: str = "bottleneck", expand_ratio: float | None = None,
               padding: str = "symmetric", bn_eps: float | None = None,
               bn_momentum: float = 0.1, act: str | None = None,
-              fixed_stem: bool = False) -> MobileNet:
+              fixed_stem: bool = False, resolution: int = 224) -> MobileNet:
     """Build a MobileNet of `family` with the given options (see `specs.build_arch`).
 
     padding="same" and bn_eps=1e-3 reproduce TensorFlow-trained weights (Keras, timm `tf_`).
+    resolution: the input size the model is meant for, recorded in `pretrained_cfg` (V4's
+    reference weights are trained at 224, 256 or 384 px).
     """
     for key, value, low in (("num_classes", num_classes, 0), ("in_chans", in_chans, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -203,6 +226,8 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
         raise MobileNetsError(f"padding={padding!r} is not one of 'symmetric', 'same'")
     if bn_eps is not None and not (isinstance(bn_eps, (int, float)) and 0 < bn_eps < 1):
         raise MobileNetsError(f"bn_eps={bn_eps!r} is out of range; allowed: 0 < bn_eps < 1")
+    if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 1:
+        raise MobileNetsError(f"resolution={resolution!r} is out of range; allowed: integer >= 1")
     if output_stride != 32 and small_input:
         raise MobileNetsError("small_input and output_stride < 32 conflict: pick one way to keep resolution")
     arch = build_arch(family, width_mult, dropout=dropout, small_input=small_input,
@@ -213,7 +238,7 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
         bn_eps = 1e-3 if padding == "same" else 1e-5
     model = MobileNet(arch, num_classes, in_chans, features_only, out_indices, padding, bn_eps,
                       bn_momentum)
-    model.pretrained_cfg = dict(resolution=224, crop_pct=0.875, mean=IMAGENET_MEAN,
+    model.pretrained_cfg = dict(resolution=resolution, crop_pct=0.875, mean=IMAGENET_MEAN,
                                 std=IMAGENET_STD, in_chans=in_chans, interpolation="bilinear")
     return model
 
@@ -237,12 +262,33 @@ FAMILY_WIDTHS = {
     "mobilenet_v2": (0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
     "mobilenet_v3_large": (0.75, 1.0),
     "mobilenet_v3_small": (0.75, 1.0),
+    # V4: the widths timm registers
+    "mobilenet_v4_conv_small": (0.35, 0.5, 1.0),
+    "mobilenet_v4_conv_medium": (1.0,),
+    "mobilenet_v4_conv_large": (1.0,),
+    "mobilenet_v4_hybrid_medium": (0.75, 1.0),
+    "mobilenet_v4_hybrid_large": (0.75, 1.0),
+}
+# Input sizes of the reference weights (timm's default pretrained configurations); 224 elsewhere.
+NATIVE_RESOLUTIONS = {
+    "mobilenet_v4_conv_medium": 256,
+    "mobilenet_v4_conv_large": 384,
+    "mobilenet_v4_hybrid_medium": 256,
+    "mobilenet_v4_hybrid_large": 384,
+    "mobilenet_v4_hybrid_large_075": 256,
 }
 
+
+def _native(name: str) -> dict:
+    return {"resolution": NATIVE_RESOLUTIONS[name]} if name in NATIVE_RESOLUTIONS else {}
+
+
 for _family, _widths in FAMILY_WIDTHS.items():
-    register_model(_family, mobilenet, family=_family)
+    register_model(_family, mobilenet, family=_family, **_native(_family))
     for _w in _widths:
-        register_model(f"{_family}_{_width_suffix(_w)}", mobilenet, family=_family, width_mult=_w)
+        _name = f"{_family}_{_width_suffix(_w)}"
+        register_model(_name, mobilenet, family=_family, width_mult=_w,
+                       **_native(_name if _w != 1 else _family))
     if _family.startswith("mobilenet_v3"):
         for _w in _widths:
             register_model(f"{_family}_minimal_{_width_suffix(_w)}", mobilenet, family=_family,

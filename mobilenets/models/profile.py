@@ -4,6 +4,14 @@ The model runs once on meta tensors (shapes only, no arithmetic), so profiling a
 224 px takes milliseconds. Counting follows the papers: multiply-adds of convolutions and fully
 connected layers only; parameters with and without batch norm; activation memory as V2 §5.1 /
 Table 3 defines it and as plain eager execution needs it.
+
+Attention (MobileNetV4's Mobile MQA blocks) adds its two matrix products, one row of kind
+"attention" per block: Q·Kᵀ costs heads · Lq · Lk · key_dim multiply-adds and attention·V
+heads · Lq · Lk · value_dim, for Lq queries and Lk keys. Its projections are 1×1 convs and count
+as such; softmax, the 1/√d scaling, layer scale, batch norm and activations count nothing, as
+elsewhere. This is torch's FLOP counter on timm's implementation, halved (it charges 2 FLOPs per
+multiply-add of convolutions, linear layers and matmuls and nothing else), and what reproduces
+V4's published MACs (docs/paper_tables.md).
 """
 from __future__ import annotations
 
@@ -12,7 +20,8 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from .layers import InvertedResidual, SqueezeExcite, bn_unfolded
+from .layers import (AttentionProducts, InvertedResidual, MultiQueryAttention,
+                     SqueezeExcite, bn_unfolded)
 from .mobilenet import check_resolution, create_model, model_defaults
 
 FP16, FP32 = 2, 4
@@ -29,6 +38,8 @@ def count_params(model: nn.Module) -> tuple[int, int]:
 
 
 def layer_kind(m: nn.Module) -> str:
+    if isinstance(m, AttentionProducts):
+        return "attention"
     if isinstance(m, nn.Linear):
         return "fc"
     if m.groups == 1:
@@ -36,6 +47,12 @@ def layer_kind(m: nn.Module) -> str:
     if m.groups == m.in_channels == m.out_channels:
         return "depthwise"
     return "grouped"
+
+
+def _attention_madds(q: torch.Tensor, k: torch.Tensor, out: torch.Tensor) -> int:
+    """Q·Kᵀ and attention·V: every query meets every key, over key_dim and value_dim."""
+    keys = k.shape[-2]
+    return (q.numel() + out.numel()) // q.shape[0] * keys
 
 
 def _madds(m: nn.Module, out: torch.Tensor) -> int:
@@ -79,7 +96,7 @@ class _Tracer:
         self.peak_elems = max(self.peak_elems, elems)
 
     def pre(self, m, inputs):
-        if isinstance(m, InvertedResidual):
+        if isinstance(m, (InvertedResidual, MultiQueryAttention)):
             self.held.append(inputs[0] if m.residual else None)
         if isinstance(m, SqueezeExcite):
             self.inside_se += 1
@@ -92,10 +109,16 @@ class _Tracer:
                 kernel=list(getattr(m, "kernel_size", (1, 1))), stride=list(getattr(m, "stride", (1, 1))),
                 groups=getattr(m, "groups", 1),
                 params=sum(p.numel() for p in m.parameters()), madds=_madds(m, out)))
+        elif isinstance(m, AttentionProducts):
+            q, k, _ = inputs
+            self.layers.append(dict(
+                name=self.names[m], kind=layer_kind(m), type=type(m).__name__,
+                input_shape=list(q.shape[1:]), output_shape=list(out.shape[1:]), kernel=[1, 1],
+                stride=[1, 1], groups=1, params=0, madds=_attention_madds(q, k, out)))
         if isinstance(m, SqueezeExcite):
             self.inside_se -= 1
             self.live([inputs[0], out])   # x held while the gate is computed, then x·s
-        elif isinstance(m, InvertedResidual):
+        elif isinstance(m, (InvertedResidual, MultiQueryAttention)):
             x = self.held.pop()
             if x is not None:
                 self.live([x, out])        # the in-place residual add
@@ -112,7 +135,9 @@ def _table3(arch, layers: list[dict]) -> list[dict]:
     output exists whole.
     """
     if arch is None or not arch.split_expansions:
-        shapes = [layer["output_shape"] for layer in layers]
+        # An attention row's output is (heads, queries, value_dim): the elements of the map
+        # its output projection reads, not a map of its own.
+        shapes = [layer["output_shape"] for layer in layers if layer["kind"] != "attention"]
     else:
         shapes = [layer["output_shape"] for layer in layers
                   if layer["name"].endswith("project.0")

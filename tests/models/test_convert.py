@@ -159,6 +159,62 @@ def test_timm(tmp_path, images, timm_name, ours, ours_kwargs):
     assert_same(reference, model, images)
 
 
+TIMM_V4_CASES = [
+    ("mobilenetv4_conv_small", "mobilenet_v4_conv_small", {}),
+    ("mobilenetv4_conv_small_050", "mobilenet_v4_conv_small_050", {}),  # stem kept at 32
+    ("mobilenetv4_conv_medium", "mobilenet_v4_conv_medium", {}),
+    ("mobilenetv4_hybrid_medium", "mobilenet_v4_hybrid_medium", {}),
+    ("mobilenetv4_hybrid_large_075", "mobilenet_v4_hybrid_large", {"width_mult": 0.75}),  # GELU
+]
+
+
+def condition_v4(model: torch.nn.Module) -> torch.nn.Module:
+    """Random V4 weights that make the comparison mean something at fp32.
+
+    Layer scale starts at 1e-5, which would hide every UIB and attention branch of a hybrid from
+    the logits: it is drawn from [0.1, 0.3] instead. Random query projections make attention
+    logits large and the softmax nearly one-hot, where fp32 rounding is amplified (timm's own
+    fp32 logits were 2e-3 from its fp64 ones): queries are scaled by 0.05 to keep it soft.
+    """
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("layer_scale.gamma"):
+                p.copy_(0.1 + 0.2 * torch.rand(p.shape, generator=g))
+            elif name.endswith("attn.query.proj.weight"):
+                p.mul_(0.05)
+    return model
+
+
+@pytest.mark.parametrize("timm_name,ours,ours_kwargs", TIMM_V4_CASES)
+def test_timm_v4(tmp_path, images, timm_name, ours, ours_kwargs):
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+    source = randomize_bn(condition_v4(timm.create_model(timm_name)))
+    path = tmp_path / timm_name / "model.safetensors"
+    path.parent.mkdir()
+    save_file(source.state_dict(), str(path))
+    with torch.no_grad():
+        reference = source(images)
+    assert_same(reference, convert("timm", path, ours, **ours_kwargs), images)
+
+
+def test_cli_convert_v4_records_the_native_resolution(tmp_path, images):
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+    source = randomize_bn(condition_v4(timm.create_model("mobilenetv4_conv_medium")))
+    src = tmp_path / "mobilenetv4_conv_medium" / "model.safetensors"
+    src.parent.mkdir()
+    save_file(source.state_dict(), str(src))
+    out = tmp_path / "v4m.safetensors"
+    assert main(["convert", "--from", "timm", str(src), "--model", "mobilenet_v4_conv_medium",
+                 "--out", str(out)]) == 0
+    model, meta = load_model(out)
+    assert meta["preprocessing"]["resolution"] == source.pretrained_cfg["input_size"][-1] == 256
+    with torch.no_grad():
+        assert_same(source(images), model.eval(), images)
+
+
 # --- Keras applications (Keras 3 on its torch backend) ----------------------------------------
 
 KERAS_CASES = [
