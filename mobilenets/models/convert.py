@@ -38,7 +38,8 @@ from torch import nn
 from ..core.errors import MobileNetsError
 from .layers import ConvBNAct, LayerScale
 from .mobilenet import IMAGENET_MEAN, IMAGENET_STD, create_model, model_defaults
-from .specs import V4_TABLES, build_arch
+from .specs import build_arch
+from .tables import V4_TABLES
 from .weights import imagenet_classes, load_state_into, load_weights, save_weights
 
 SOURCES = ("torchvision", "timm", "keras")

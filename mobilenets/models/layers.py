@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .specs import SHORTCUTS
+
 ACTIVATIONS = {
     "relu": nn.ReLU,
     "relu6": nn.ReLU6,
@@ -19,15 +21,6 @@ ACTIVATIONS = {
     "gelu": nn.GELU,   # MobileNetV4 Hybrid-L
     None: nn.Identity,
 }
-
-
-def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
-    """Round to a multiple of `divisor`, never more than 10% below `v` (TF reference rule)."""
-    min_value = divisor if min_value is None else min_value
-    n = max(min_value, int(v + divisor / 2) // divisor * divisor)
-    if n < 0.9 * v:
-        n += divisor
-    return n
 
 
 def make_activation(name: str | None) -> nn.Module:
@@ -141,7 +134,6 @@ class SqueezeExcite(nn.Module):
         return x * s
 
 
-SHORTCUTS = ("bottleneck", "expansion", "none")
 
 
 class InvertedResidual(nn.Module):

@@ -1,7 +1,5 @@
-"""The papers' architecture tables, as tables, and their resolution into per-block specs.
+"""The papers' tables (`tables.py`) resolved into per-block specs. Plain Python: no torch.
 
-Each table below can be held next to the paper: V1 Table 1, V2 Table 2, V3 Tables 1 and 2,
-V4's appendix tables of Conv-S, Conv-M, Conv-L, Hybrid-M and Hybrid-L.
 `build_arch` applies the options (width multiplier, ablation switches, small inputs, output
 stride) the way the reference implementations do and returns an `Arch`, from which
 `mobilenets.models.MobileNet` builds every variant.
@@ -12,253 +10,22 @@ import math
 from dataclasses import dataclass, field, replace
 
 from ..core.errors import MobileNetsError
-from .layers import SHORTCUTS, make_divisible
+from .tables import (V1_BLOCKS, V1_STEM, V1_V2_ACTS, V2_BLOCKS, V2_HEAD, V2_STEM, V3_ACT,
+                    V3_LARGE_BLOCKS, V3_LARGE_HEAD, V3_LARGE_STEM, V3_LAST_CONV_RATIO,
+                    V3_SMALL_BLOCKS, V3_SMALL_HEAD, V3_SMALL_STEM, V4Table, V4_HEAD,
+                    V4_KV_KERNEL, V4_LAST_CONV, V4_TABLES)
 
-# MobileNetV1, Table 1: after a 3×3/s2 conv to 32 channels, depthwise separable blocks
-# (depthwise stride, pointwise output channels). The paper prints s2 for the last depthwise
-# conv but the 7×7 map stays 7×7; the reference code uses stride 1 there.
-V1_STEM = 32
-V1_BLOCKS = [
-    (1, 64),
-    (2, 128), (1, 128),
-    (2, 256), (1, 256),
-    (2, 512), (1, 512), (1, 512), (1, 512), (1, 512), (1, 512),
-    (2, 1024), (1, 1024),
-]
-
-# MobileNetV2, Table 2: bottleneck rows (t, c, n, s); only the first of n repeats has stride s.
-V2_STEM = 32
-V2_BLOCKS = [
-    (1, 16, 1, 1),
-    (6, 24, 2, 2),
-    (6, 32, 3, 2),
-    (6, 64, 4, 2),
-    (6, 96, 3, 1),
-    (6, 160, 3, 2),
-    (6, 320, 1, 1),
-]
-V2_HEAD = 1280
-
-# MobileNetV3, Tables 1 and 2: bneck rows (kernel, exp size, out, SE, NL, s).
-# RE = ReLU, HS = h-swish.
-V3_LARGE_STEM = 16
-V3_LARGE_BLOCKS = [
-    (3, 16, 16, False, "RE", 1),
-    (3, 64, 24, False, "RE", 2),
-    (3, 72, 24, False, "RE", 1),
-    (5, 72, 40, True, "RE", 2),
-    (5, 120, 40, True, "RE", 1),
-    (5, 120, 40, True, "RE", 1),
-    (3, 240, 80, False, "HS", 2),
-    (3, 200, 80, False, "HS", 1),
-    (3, 184, 80, False, "HS", 1),
-    (3, 184, 80, False, "HS", 1),
-    (3, 480, 112, True, "HS", 1),
-    (3, 672, 112, True, "HS", 1),
-    (5, 672, 160, True, "HS", 2),
-    (5, 960, 160, True, "HS", 1),
-    (5, 960, 160, True, "HS", 1),
-]
-V3_LARGE_HEAD = 1280  # the NBN 1×1 conv after pooling
-
-V3_SMALL_STEM = 16
-V3_SMALL_BLOCKS = [
-    (3, 16, 16, True, "RE", 2),
-    (3, 72, 24, False, "RE", 2),
-    (3, 88, 24, False, "RE", 1),
-    (5, 96, 40, True, "HS", 2),
-    (5, 240, 40, True, "HS", 1),
-    (5, 240, 40, True, "HS", 1),
-    (5, 120, 48, True, "HS", 1),
-    (5, 144, 48, True, "HS", 1),
-    (5, 288, 96, True, "HS", 2),
-    (5, 576, 96, True, "HS", 1),
-    (5, 576, 96, True, "HS", 1),
-]
-V3_SMALL_HEAD = 1024
-# The efficient last stage: a 1×1 conv to 6× the last block's width (960 / 576) before pooling.
-V3_LAST_CONV_RATIO = 6
-
-V3_ACT = {"RE": "relu", "HS": "hswish"}
-V1_V2_ACTS = ("relu", "relu6")
-
-# MobileNetV4 (Qin et al. 2024), the appendix tables: one row per layer between the stem and the
-# 1×1 conv to 960 channels, in the tables' columns.
-#   ("conv", kernel, out, stride)                        Conv2D: conv-BN-act
-#   ("fused", kernel, expanded, out, stride)             FusedIB: k×k expansion, 1×1 projection
-#   ("uib", start_dw, middle_dw, expanded, out, stride)  UIB; a kernel of 0 is "no depthwise conv":
-#                                                        IB (0, k), ConvNext (k, 0), ExtraDW (k, k),
-#                                                        FFN (0, 0)
-#   ("mqa", heads, key_dim, kv_stride, out, stride)      Mobile MQA, value_dim = key_dim; with
-#                                                        kv_stride 2, keys and values come from a
-#                                                        3×3/s2 depthwise conv
-# "expanded" is the tables' Expanded Dim; under a width multiplier it is a ratio of the block's
-# rounded input width, as in the reference code (TF Model Garden, timm). Conv-S's first four rows
-# are the table's two FusedIB layers (expanded 32 → 32 and 96 → 64) as the reference code builds
-# them: two conv-BN-ReLU layers each, so the 1×1 projection has a ReLU, and under a multiplier the
-# expanded width scales as an output width.
-V4_CONV_SMALL = [
-    ("conv", 3, 32, 2), ("conv", 1, 32, 1),
-    ("conv", 3, 96, 2), ("conv", 1, 64, 1),
-    ("uib", 5, 5, 192, 96, 2),
-    ("uib", 0, 3, 192, 96, 1),
-    ("uib", 0, 3, 192, 96, 1),
-    ("uib", 0, 3, 192, 96, 1),
-    ("uib", 0, 3, 192, 96, 1),
-    ("uib", 3, 0, 384, 96, 1),
-    ("uib", 3, 3, 576, 128, 2),
-    ("uib", 5, 5, 512, 128, 1),
-    ("uib", 0, 5, 512, 128, 1),
-    ("uib", 0, 5, 384, 128, 1),
-    ("uib", 0, 3, 512, 128, 1),
-    ("uib", 0, 3, 512, 128, 1),
-]
-V4_CONV_MEDIUM = [
-    ("fused", 3, 128, 48, 2),
-    ("uib", 3, 5, 192, 80, 2),
-    ("uib", 3, 3, 160, 80, 1),
-    ("uib", 3, 5, 480, 160, 2),
-    ("uib", 3, 3, 640, 160, 1),
-    ("uib", 3, 3, 640, 160, 1),
-    ("uib", 3, 5, 640, 160, 1),
-    ("uib", 3, 3, 640, 160, 1),
-    ("uib", 3, 0, 640, 160, 1),
-    ("uib", 0, 0, 320, 160, 1),
-    ("uib", 3, 0, 640, 160, 1),
-    ("uib", 5, 5, 960, 256, 2),
-    ("uib", 5, 5, 1024, 256, 1),
-    ("uib", 3, 5, 1024, 256, 1),
-    ("uib", 3, 5, 1024, 256, 1),
-    ("uib", 0, 0, 1024, 256, 1),
-    ("uib", 3, 0, 1024, 256, 1),
-    ("uib", 3, 5, 512, 256, 1),
-    ("uib", 5, 5, 1024, 256, 1),
-    ("uib", 0, 0, 1024, 256, 1),
-    ("uib", 0, 0, 1024, 256, 1),
-    ("uib", 5, 0, 512, 256, 1),
-]
-V4_CONV_LARGE = [
-    ("fused", 3, 96, 48, 2),
-    ("uib", 3, 5, 192, 96, 2),
-    ("uib", 3, 3, 384, 96, 1),
-    ("uib", 3, 5, 384, 192, 2),
-    ("uib", 3, 3, 768, 192, 1),
-    ("uib", 3, 3, 768, 192, 1),
-    ("uib", 3, 3, 768, 192, 1),
-    ("uib", 3, 5, 768, 192, 1),
-    ("uib", 5, 3, 768, 192, 1),
-    ("uib", 5, 3, 768, 192, 1),
-    ("uib", 5, 3, 768, 192, 1),
-    ("uib", 5, 3, 768, 192, 1),
-    ("uib", 5, 3, 768, 192, 1),
-    ("uib", 3, 0, 768, 192, 1),
-    ("uib", 5, 5, 768, 512, 2),
-    ("uib", 5, 5, 2048, 512, 1),
-    ("uib", 5, 5, 2048, 512, 1),
-    ("uib", 5, 5, 2048, 512, 1),
-    ("uib", 5, 0, 2048, 512, 1),
-    ("uib", 5, 3, 2048, 512, 1),
-    ("uib", 5, 0, 2048, 512, 1),
-    ("uib", 5, 0, 2048, 512, 1),
-    ("uib", 5, 3, 2048, 512, 1),
-    ("uib", 5, 5, 2048, 512, 1),
-    ("uib", 5, 0, 2048, 512, 1),
-    ("uib", 5, 0, 2048, 512, 1),
-    ("uib", 5, 0, 2048, 512, 1),
-]
-V4_HYBRID_MEDIUM = [
-    ("fused", 3, 128, 48, 2),
-    ("uib", 3, 5, 192, 80, 2),
-    ("uib", 3, 3, 160, 80, 1),
-    ("uib", 3, 5, 480, 160, 2),
-    ("uib", 0, 0, 320, 160, 1),
-    ("uib", 3, 3, 640, 160, 1),
-    ("uib", 3, 5, 640, 160, 1),
-    ("mqa", 4, 64, 2, 160, 1),
-    ("uib", 3, 3, 640, 160, 1),
-    ("mqa", 4, 64, 2, 160, 1),
-    ("uib", 3, 0, 640, 160, 1),
-    ("mqa", 4, 64, 2, 160, 1),
-    ("uib", 3, 3, 640, 160, 1),
-    ("mqa", 4, 64, 2, 160, 1),
-    ("uib", 3, 0, 640, 160, 1),
-    ("uib", 5, 5, 960, 256, 2),
-    ("uib", 5, 5, 1024, 256, 1),
-    ("uib", 3, 5, 1024, 256, 1),
-    ("uib", 3, 5, 1024, 256, 1),
-    ("uib", 0, 0, 512, 256, 1),
-    ("uib", 3, 5, 512, 256, 1),
-    ("uib", 0, 0, 512, 256, 1),
-    ("uib", 0, 0, 1024, 256, 1),
-    ("mqa", 4, 64, 1, 256, 1),
-    ("uib", 3, 0, 1024, 256, 1),
-    ("mqa", 4, 64, 1, 256, 1),
-    ("uib", 5, 5, 1024, 256, 1),
-    ("mqa", 4, 64, 1, 256, 1),
-    ("uib", 5, 0, 1024, 256, 1),
-    ("mqa", 4, 64, 1, 256, 1),
-    ("uib", 5, 0, 1024, 256, 1),
-]
-V4_HYBRID_LARGE = [
-    ("fused", 3, 96, 48, 2),
-    ("uib", 3, 5, 192, 96, 2),
-    ("uib", 3, 3, 384, 96, 1),
-    ("uib", 3, 5, 384, 192, 2),
-    ("uib", 3, 3, 768, 192, 1),
-    ("uib", 3, 3, 768, 192, 1),
-    ("uib", 3, 3, 768, 192, 1),
-    ("uib", 3, 5, 768, 192, 1),
-    ("uib", 5, 3, 768, 192, 1),
-    ("uib", 5, 3, 768, 192, 1),
-    ("mqa", 8, 48, 2, 192, 1),
-    ("uib", 5, 3, 768, 192, 1),
-    ("mqa", 8, 48, 2, 192, 1),
-    ("uib", 5, 3, 768, 192, 1),
-    ("mqa", 8, 48, 2, 192, 1),
-    ("uib", 5, 3, 768, 192, 1),
-    ("mqa", 8, 48, 2, 192, 1),
-    ("uib", 3, 0, 768, 192, 1),
-    ("uib", 5, 5, 768, 512, 2),
-    ("uib", 5, 5, 2048, 512, 1),
-    ("uib", 5, 5, 2048, 512, 1),
-    ("uib", 5, 5, 2048, 512, 1),
-    ("uib", 5, 0, 2048, 512, 1),
-    ("uib", 5, 3, 2048, 512, 1),
-    ("uib", 5, 0, 2048, 512, 1),
-    ("uib", 5, 0, 2048, 512, 1),
-    ("uib", 5, 3, 2048, 512, 1),
-    ("uib", 5, 5, 2048, 512, 1),
-    ("mqa", 8, 64, 1, 512, 1),
-    ("uib", 5, 0, 2048, 512, 1),
-    ("mqa", 8, 64, 1, 512, 1),
-    ("uib", 5, 0, 2048, 512, 1),
-    ("mqa", 8, 64, 1, 512, 1),
-    ("uib", 5, 0, 2048, 512, 1),
-    ("mqa", 8, 64, 1, 512, 1),
-    ("uib", 5, 0, 2048, 512, 1),
-]
+SHORTCUTS = ("bottleneck", "expansion", "none")
 
 
-@dataclass(frozen=True)
-class V4Table:
-    stem: int            # the first row: Conv2D 3×3/s2
-    rows: list
-    act: str             # one nonlinearity throughout (attention blocks have none of their own)
-    layer_scale: float   # initial layer-scale value on UIB and attention blocks (0: none)
+def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round to a multiple of `divisor`, never more than 10% below `v` (TF reference rule)."""
+    min_value = divisor if min_value is None else min_value
+    n = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if n < 0.9 * v:
+        n += divisor
+    return n
 
-
-# Every V4 model ends with a 1×1 conv to 960 channels, pooling, and a 1×1 conv to 1280 with BN
-# (and the activation) on the pooled 1×1 map.
-V4_LAST_CONV = 960
-V4_HEAD = 1280
-V4_TABLES = {
-    "mobilenet_v4_conv_small": V4Table(32, V4_CONV_SMALL, "relu", 0.0),
-    "mobilenet_v4_conv_medium": V4Table(32, V4_CONV_MEDIUM, "relu", 0.0),
-    "mobilenet_v4_conv_large": V4Table(24, V4_CONV_LARGE, "relu", 0.0),
-    "mobilenet_v4_hybrid_medium": V4Table(32, V4_HYBRID_MEDIUM, "relu", 1e-5),
-    "mobilenet_v4_hybrid_large": V4Table(24, V4_HYBRID_LARGE, "gelu", 1e-5),
-}
-V4_KV_KERNEL = 3
 
 
 @dataclass(frozen=True)

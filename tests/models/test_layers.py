@@ -1,6 +1,7 @@
 import torch
 
-from mobilenets.models.layers import InvertedResidual, SamePad, SqueezeExcite, make_divisible
+from mobilenets.models.layers import InvertedResidual, SamePad, SqueezeExcite
+from mobilenets.models.specs import make_divisible
 
 
 def test_make_divisible_reference_rule():

@@ -4,7 +4,8 @@ import torch
 import mobilenets
 from mobilenets import MobileNetsError, create_model, list_models
 from mobilenets.models.mobilenet import model_defaults
-from mobilenets.models.specs import V2_BLOCKS, build_arch
+from mobilenets.models.specs import build_arch
+from mobilenets.models.tables import V2_BLOCKS
 
 FAMILIES = ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"]
 # Registered classifiers; detection and segmentation models are tested in test_heads.py.
