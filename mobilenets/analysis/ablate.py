@@ -60,7 +60,7 @@ ABLATIONS = (
     Ablation("projection", "Bottleneck projection: linear vs ReLU6 (V2 Fig. 6a)",
              (Arm("linear"), Arm("ReLU6", {"proj_act": "relu6"})),
              "the linear bottleneck beats ReLU6", (("linear", "ReLU6"),)),
-    Ablation("shortcut", "Shortcut placement (V2 Fig. 6b)",
+    Ablation("shortcut", "Shortcut placement (V2 Fig. 6b; 'expansion' is our reading of its shortcut between expanded layers)",
              (Arm("bottleneck"), Arm("expansion", {"shortcut": "expansion"}),
               Arm("none", {"shortcut": "none"})),
              "a shortcut between bottlenecks beats one between expansions and none",
@@ -68,7 +68,7 @@ ABLATIONS = (
     Ablation("expansion", "Expansion ratio t",
              (Arm("t=1", {"expand_ratio": 1}), Arm("t=2", {"expand_ratio": 2}),
               Arm("t=4", {"expand_ratio": 4}), Arm("t=6")),
-             "accuracy rises with t up to the paper's 6",
+             "accuracy rises with t up to 6, the paper's default (it finds t = 5 to 10 nearly alike)",
              (("t=2", "t=1"), ("t=4", "t=2"), ("t=6", "t=4"))),
     Ablation("family", "V1 vs V2 vs V3-Small at matched multiply-adds",
              (Arm("V1", family="mobilenet_v1"), Arm("V2"), Arm("V3-Small", family="mobilenet_v3_small")),
@@ -390,7 +390,9 @@ def render_markdown(summary: dict, command: str, chart_name: str) -> str:
         for a in ab["arms"]:
             lines.append(f"| {ab['name']} | {a['label']} | {a['width_mult']:g} | {a['madds'] / 1e6:.1f}M | "
                          f"{a['params'] / 1e6:.2f}M | {percent_text(a['top1_mean'], a['top1_std'])} | {a['runs']} |")
-    lines += ["", "## Did the papers' orderings hold?", ""]
+    lines += ["", "## Did the papers' orderings hold?", "",
+              f"\"Clearly\" means every gap in the paper's order is larger than one standard deviation of "
+              f"the {summary['seeds']} seeds' results; it is a rule of thumb, not a significance test.", ""]
     for ab in summary["ablations"]:
         lines.append(f"- **{ab['title']}** — the paper: {ab['claim']}. Here: {verdict(ab)}.")
     lines += ["", "The papers trained on ImageNet for hundreds of epochs; a short schedule on "

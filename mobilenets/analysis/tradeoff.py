@@ -4,17 +4,18 @@ budget.
 
 Cost is analytic (the profiler); latency is measured here, one image at a time on one thread
 as the papers do (V2 Table 4: one core of a Pixel 1), eager fp32 with the allocator tuned
-(`runtime.tune_allocator`) and channels_last, the median of repeated runs.
-When the deployment module (`mobilenets.bench`) is installed, its ONNX Runtime fp32 and int8
+(`mobilenets.tune_allocator`, which the CLI applies) and channels_last, the median of repeated runs.
+When ONNX Runtime (the `deploy` extra) is installed, its ONNX Runtime fp32 and int8
 forms are timed too.
 Accuracy comes from trained checkpoints when given; otherwise `fit` ranks by multiply-adds, the
-papers' own proxy: within a family, accuracy rises monotonically with MAdds across their α × ρ
-tables.
+papers' own proxy. It is a proxy, not a law: within a family accuracy mostly rises with MAdds
+across α × ρ, but the published per-checkpoint tables have pairs where the cheaper model is the
+more accurate one.
 """
 from __future__ import annotations
 
 import contextlib
-import importlib
+import importlib.util
 import json
 import statistics
 import time
@@ -23,10 +24,11 @@ from pathlib import Path
 import torch
 
 from ..core.errors import MobileNetsError
-from ..models.mobilenet import FAMILY_WIDTHS, check_resolution, create_model, mobilenet, model_defaults, register_model
-from ..models.weights import load_weights
-from ..models.profile import profile
 from ..core.figures import new_figure, save_figure
+from ..deploy.bench import contenders, time_runs
+from ..models.mobilenet import FAMILY_WIDTHS, check_resolution, create_model, model_defaults
+from ..models.profile import profile
+from ..models.weights import load_weights
 
 DEFAULT_RESOLUTIONS = (96, 128, 160, 192, 224)
 BUDGET_KEYS = {  # budget name → (row field, unit shown, scale from the field to that unit)
@@ -98,34 +100,26 @@ DEPLOY_BACKENDS = ("onnxruntime", "int8")
 
 
 def deployment_available() -> bool:
-    """True when the deployment module (issue 5: `mobilenets.bench`) and ONNX Runtime are
-    installed; then int8 and ONNX Runtime latencies join the eager fp32 one."""
-    try:
-        bench = importlib.import_module("mobilenets.bench")
-        importlib.import_module("onnxruntime")
-    except ImportError:
-        return False
-    return all(callable(getattr(bench, f, None)) for f in ("contenders", "time_runs"))
+    """True when ONNX Runtime (the `deploy` extra) is installed; then int8 and ONNX Runtime
+    latencies join the eager fp32 one."""
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 def deployment_latency(family: str, width: float, resolution: int, backends, repeats: int,
                        model_kwargs: dict | None = None, threads: int | None = None) -> dict:
-    """{backend: median ms of one image} from the deployment module's own contenders (the same
+    """{backend: median ms of one image} from bench's own contenders (the same
     export, int8 calibration and session settings `mobilenets bench` times)."""
     import tempfile
 
-    bench = importlib.import_module("mobilenets.bench")
-    # The deployment module builds models by registered name; name this grid point.
-    spec = f"tradeoff:{family}:{width:g}:" + ",".join(f"{k}={v}" for k, v in sorted((model_kwargs or {}).items()))
-    register_model(spec, mobilenet, family=family, width_mult=width, **(model_kwargs or {}))
+    model = create_model(family, width_mult=width, **(model_kwargs or {}))
     threads = threads or torch.get_num_threads()
     out = {}
     with tempfile.TemporaryDirectory(prefix="mobilenets-tradeoff-") as tmp:
-        cands, info = bench.contenders(spec, list(backends), [], Path(tmp), threads,
+        cands, info = contenders(model, list(backends), [], Path(tmp), threads,
                                        resolution=resolution, log=lambda *a, **k: None)
         x = torch.randn(1, *info["input_shape"])
         for c in cands:
-            times = bench.time_runs(c.make_call(x), repeats, 2, float("inf"))
+            times = time_runs(c.make_call(x), repeats, 2, float("inf"))
             out[c.backend] = statistics.median(times) * 1e3
     return out
 
@@ -167,7 +161,7 @@ def tradeoff_grid(family: str, widths=None, resolutions=None, latency: bool = Tr
     "peak_memory_bytes_fp32", "memory_table3_bytes_fp16", "latency_ms" (eager fp32, or None),
     "latency_ms_<backend>" for each deployment backend, "top1" (None without a checkpoint)}.
     backends: deployment backends to time besides eager fp32 (default: onnxruntime and int8
-    when the deployment module is installed, none otherwise). threads: intra-op threads while
+    when ONNX Runtime is installed, none otherwise). threads: intra-op threads while
     timing: one by default, as the papers time one image on one core (V2 Table 4: Pixel 1,
     single core); None leaves PyTorch's setting.
     """
@@ -194,8 +188,8 @@ def tradeoff_grid(family: str, widths=None, resolutions=None, latency: bool = Tr
     if unknown:
         raise MobileNetsError(f"backend {unknown[0]!r} is not one of {', '.join(DEPLOY_BACKENDS)}")
     if backends and not deployment_available():
-        raise MobileNetsError(f"backends {', '.join(backends)} need the deployment module "
-                              "(mobilenets.bench) and onnxruntime, which are not installed")
+        raise MobileNetsError(f"backends {', '.join(backends)} need ONNX Runtime, which is not "
+                              'installed (pip install -e ".[deploy]")')
     rows = []
     for w in sorted(widths):
         model = create_model(family, width_mult=w, **(model_kwargs or {}))

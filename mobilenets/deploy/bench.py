@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..core.errors import MobileNetsError
 from .export import INPUT_NAME, export, export_metadata, onnx_metadata, ort_session, resolve_model
@@ -139,13 +140,15 @@ def _compiled_call(fused):
     return _torch_call(compile_frozen(fused))
 
 
-def benchmark_model(spec: str, resolution: int | None = None, calib_size: int = 64,
+def benchmark_model(spec: str | nn.Module, resolution: int | None = None, calib_size: int = 64,
                     want_calib: bool = True, log=print):
     """The model bench measures for `spec`: (model, meta for `export`, export info, calibration
-    images or None). A checkpoint keeps its weights; a model name gets random weights whose BN
-    statistics come from `calib_size` Fashion-MNIST images at the input size (always drawn then).
+    images or None). A checkpoint keeps its weights; a model name or a model object gets random
+    weights' BN statistics from `calib_size` Fashion-MNIST images at the input size (always drawn
+    then).
     """
-    model, ckpt_meta = resolve_model(spec)
+    model, ckpt_meta = (spec.eval(), {}) if isinstance(spec, nn.Module) else resolve_model(spec)
+    name = getattr(model, "model_name", type(model).__name__)
     info = export_metadata(model, ckpt_meta)
     if resolution:
         info["preprocessing"].update(resolution=resolution, resize=resolution)
@@ -154,18 +157,17 @@ def benchmark_model(spec: str, resolution: int | None = None, calib_size: int = 
     need_calib = not ckpt_meta or want_calib
     calib = calibration_set("fashion-mnist", pre, calib_size) if need_calib else None
     if not ckpt_meta:
-        log(f"calibrating batch-norm statistics of random-weight {spec} on {len(calib)} "
+        log(f"calibrating batch-norm statistics of random-weight {name} on {len(calib)} "
             f"Fashion-MNIST images at {pre['resolution']} px")
         calibrate_batchnorm(model, calib)
     meta = {**ckpt_meta, "preprocessing": pre} if ckpt_meta else {"preprocessing": pre}
     return model, meta, info, calib
 
 
-def contenders(spec: str, backends: list[str], vs: list[str], workdir: Path, threads: int,
+def contenders(spec: str | nn.Module, backends: list[str], vs: list[str], workdir: Path, threads: int,
                resolution: int | None = None, calib_size: int = 64, log=print) -> tuple[list[Contender], dict]:
-    """Build every contender for `spec` (model name, .safetensors or .onnx file)."""
-
-    if spec.endswith(".onnx"):
+    """Build every contender for `spec` (model name, .safetensors or .onnx file, or a model)."""
+    if isinstance(spec, str) and spec.endswith(".onnx"):
         meta = onnx_metadata(spec)
         ref = create_model(meta["model"], **meta.get("model_kwargs", {}))
         madds = _madds(ref, meta["input_shape"][-1])
@@ -182,7 +184,7 @@ def contenders(spec: str, backends: list[str], vs: list[str], workdir: Path, thr
         out.append(Contender("compiled", "fp32", madds, _compiled_call(fused)))
     if "onnxruntime" in backends or "int8" in backends:
         fp32 = workdir / "fp32.onnx"
-        log(f"exporting {spec} to ONNX")
+        log(f"exporting {getattr(model, 'model_name', 'the model')} to ONNX")
         # Checked on real images: they keep the random-weight model in the range its BN
         # statistics came from, where its activations bend (see export.EXPORT_RTOL).
         export(model, fp32, "onnx", meta, check_inputs=None if calib is None else calib[:3])

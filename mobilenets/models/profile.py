@@ -2,7 +2,9 @@
 
 The model runs once on meta tensors (shapes only, no arithmetic), so profiling a 1.4× model at
 224 px takes milliseconds. Counting follows the papers: multiply-adds of convolutions and fully
-connected layers only; parameters with and without batch norm; activation memory as V2 §5.1 /
+connected layers only (so squeeze-excite's two 1×1 layers and the classifier count; h-swish and
+other activations, the squeeze-excite product, residual additions, pooling and batch norm do
+not); parameters with and without batch norm; activation memory as V2 §5.1 /
 Table 3 defines it and as plain eager execution needs it.
 
 Attention (MobileNetV4's Mobile MQA blocks) adds its two matrix products, one row of kind

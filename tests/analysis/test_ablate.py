@@ -161,7 +161,6 @@ def test_corrupt_results_file(tmp_path):
 @pytest.fixture(scope="module")
 def projection_run(tmp_path_factory):
     """The projection ablation for real on 64 Fashion-MNIST images, one seed."""
-    pytest.importorskip("mobilenets.train", reason="the trainer (issue 3) is not merged yet")
     tmp = tmp_path_factory.mktemp("ablate")
     out, docs = tmp / "abl", tmp / "docs" / "ablations.md"
     argv = ["ablate", "--seeds", "1", "--epochs", "1", "--batch-size", "32", "--limit-train", "64",

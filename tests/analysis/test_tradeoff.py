@@ -129,14 +129,14 @@ def test_deployment_backends_are_checked():
     with pytest.raises(MobileNetsError, match="backend 'tflite' is not one of onnxruntime, int8"):
         tradeoff_grid("mobilenet_v2", [0.35], [96], backends=["tflite"])
     if not deployment_available():
-        with pytest.raises(MobileNetsError, match="need the deployment module"):
+        with pytest.raises(MobileNetsError, match="need ONNX Runtime"):
             tradeoff_grid("mobilenet_v2", [0.35], [96], backends=["int8"])
 
 
 def test_int8_and_onnxruntime_latency_when_deployment_is_installed():
     from mobilenets.analysis.tradeoff import deployment_available
     if not deployment_available():
-        pytest.skip("the deployment module (issue 5) is not merged yet")
+        pytest.skip("ONNX Runtime (the deploy extra) is not installed")
     rows = tradeoff_grid("mobilenet_v2", [0.35], [32], repeats=2, model_kwargs={"small_input": True},
                          backends=["int8"])
     assert rows[0]["latency_ms_int8"] > 0 and rows[0]["latency_ms"] > 0
