@@ -31,7 +31,8 @@ def add_commands(sub) -> None:
                         "folders): the training run's val_fraction, which held those images out "
                         "(default: the data's, 5000 for Fashion-MNIST, 0.1 for folders)")
     p.add_argument("--seed", type=int, default=0,
-                   help="with --val-fraction: the training run's seed, which chose the held-out images")
+                   help="classifier on --split val without a val/ folder: the training run's seed, "
+                        "which chose the held-out images")
     p.add_argument("--flip", action="store_true",
                    help="classifiers and segmenters: average the probabilities of each image and "
                         "its mirror image")

@@ -57,7 +57,7 @@ def check_val_fraction(val_fraction) -> None:
     number = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     if not number or v < 0 or (isinstance(v, float) and v >= 1):
         raise MobileNetsError(f"val_fraction={v!r} is invalid; allowed: a fraction 0 <= f < 1, a number "
-                              "of images (integer >= 1), or null for the data's default")
+                              "of images (integer >= 1), or None for the data's default")
 
 
 def held_out_count(val_fraction, n: int, default) -> int:
