@@ -29,7 +29,13 @@ mb = lambda f: os.path.getsize(f"{out}/{f}") / 2**20
 print(f"\n== report: {r['model']} {r['model_kwargs']} on {r['data']} ({r['resolution']} px)")
 print(f"   trained {r['epochs']} epochs in {r['train_seconds'] / 60:.1f} min; params {r['params']:,}, "
       f"MAdds {r['madds']:,}")
-print(f"   test top-1 {e['top1']:.4f}, top-5 {e['top5']:.4f}; weakest class "
+# Runs from before the held-out val split picked their best epoch on the test set.
+sel = r.get("selection", "best epoch on the test set (run from before the held-out val split)")
+val = (f" ({r['val_top1']:.4f} on {r['val_images']:,} held-out training images)"
+       if r.get("val_top1") is not None else "")
+print(f"   model kept: {sel}{val}")
+print(f"   test top-1 {e['top1']:.4f}, top-5 {e['top5']:.4f} on {e['images']:,} {e.get('split', 'test')} "
+      "images (scored by `mobilenets eval`); weakest class "
       + "{} ({:.3f})".format(*min(e["per_class"].items(), key=lambda kv: kv[1])))
 print(f"   int8 ONNX: top-1 {q['top1_int8']:.2f}% vs fp32 {q['top1_fp32']:.2f}% on {q['eval_images']} images")
 print(f"   files: best.safetensors {mb('best.safetensors'):.2f} MiB, model.onnx {mb('model.onnx'):.2f} MiB, "

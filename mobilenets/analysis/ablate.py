@@ -158,7 +158,8 @@ def train_arm(key: str, config: dict, seed: int, schedule: Schedule, run_dir: Pa
            "width_mult": config["width_mult"], "small_input": True, "in_chans": 1,
            "resolution": RESOLUTION, "data": "fashion-mnist", "data_dir": data_dir, "seed": seed,
            "epochs": schedule.epochs, "batch_size": schedule.batch_size,
-           "limit_train": schedule.limit_train, "limit_val": schedule.limit_test}
+           "limit_train": schedule.limit_train, "limit_test": schedule.limit_test,
+           "val_fraction": 0}   # every image trains; the final model is scored on the test set
     resume = str(run_dir) if (run_dir / "last.pt").exists() else None
     report = trainer.train(cfg, run_dir, resume=resume, progress=progress)
     if report.get("interrupted"):

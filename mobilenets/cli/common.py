@@ -30,3 +30,15 @@ def one_line_warnings() -> None:
     """Show warnings as one `warning: ...` line each, without source lines: the command line's
     own process, so the setting is the CLI's to make."""
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
+
+
+def count_or_fraction(text: str) -> int | float:
+    """A --val-fraction value: an integer is a number of images, anything else a fraction."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number of images nor a fraction") from None

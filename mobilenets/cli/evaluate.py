@@ -14,6 +14,9 @@ from ..models.weights import task_of
 from ..train.evaluate import evaluate, plot_confusion
 from ..train.tasks import record_keys
 from ..train.task_eval import evaluate_checkpoint
+from .common import count_or_fraction
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("eval", help="top-1, top-5, per-class accuracy and confusion matrix of a "
                                      "classifier; COCO mAP or mIoU of a detector / segmenter")
@@ -23,13 +26,19 @@ def add_commands(sub) -> None:
     p.add_argument("--data-dir", default=None, help="where the Fashion-MNIST idx files are")
     p.add_argument("--batch-size", type=int, default=None, help="default 256 (classifiers), 16")
     p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--val-fraction", type=float, default=0.1,
-                   help="for a folder without train/val: the seeded fraction held out in training")
-    p.add_argument("--seed", type=int, default=0, help="the training run's seed (for the split)")
+    p.add_argument("--val-fraction", type=count_or_fraction, default=None, metavar="F_OR_N",
+                   help="classifier on --split val without a val/ folder (Fashion-MNIST, class "
+                        "folders): the training run's val_fraction, which held those images out "
+                        "(default: the data's, 5000 for Fashion-MNIST, 0.1 for folders)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="classifier on --split val without a val/ folder: the training run's seed, "
+                        "which chose the held-out images")
     p.add_argument("--flip", action="store_true",
                    help="classifiers and segmenters: average the probabilities of each image and "
                         "its mirror image")
-    p.add_argument("--split", default="val", help="detector / segmenter: the annotation split scored")
+    p.add_argument("--split", default=None,
+                   help="the split scored: a classifier's test or val (default: test where the data "
+                        "has one, else val); a detector's / segmenter's annotation split (default val)")
     p.add_argument("--out", default=None, help="directory for eval.json and confusion_matrix.png "
                                               "(default: beside the checkpoint); detector / segmenter: "
                                               "metrics.json and drawn predictions (default: eval/ beside it)")
@@ -46,23 +55,27 @@ def _cmd_eval(args) -> int:
     pre = meta.get("preprocessing") or {}
     ds = open_dataset(args.data, pre.get("resolution"), None, args.data_dir, pre.get("in_chans"),
                       args.val_fraction, args.seed, args.workers)
+    split = args.split or ("test" if ds.test is not None else "val")
+    if split not in ("test", "val") or split not in ds.splits:
+        raise MobileNetsError(f"--split {split}: {args.data} has the splits {', '.join(ds.splits)}; "
+                              "a classifier is scored on test or val")
     classes = meta.get("classes") or ds.classes
     if list(classes) != list(ds.classes):
         raise MobileNetsError(f"{args.checkpoint}: its classes ({', '.join(classes[:3])}, …) are not "
                               f"those of {args.data} ({', '.join(ds.classes[:3])}, …)")
     model = model.to(memory_format=torch.channels_last)
-    r = evaluate(model, ds.val, args.batch_size, num_classes=len(classes), flip=args.flip)
+    r = evaluate(model, ds.splits[split], args.batch_size, num_classes=len(classes), flip=args.flip)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     out.mkdir(parents=True, exist_ok=True)
-    result = {"checkpoint": str(args.checkpoint), "model": meta.get("model"), "data": ds.name,
+    result = {"checkpoint": str(args.checkpoint), "model": meta.get("model"), "data": ds.name, "split": split,
               "flip": args.flip, "images": r["images"], "top1": r["top1"], "top5": r["top5"], "loss": r["loss"],
               "per_class": dict(zip(classes, r["per_class"])), "confusion": r["confusion"],
               "skipped_files": len(ds.skipped)}
     atomic_write_text(out / "eval.json", json.dumps(result, indent=2) + "\n")
     plot_confusion(r["confusion"], classes, out / "confusion_matrix.png",
-                   f"{meta.get('model')} on {Path(ds.name).name}: top-1 {r['top1']:.4f}")
+                   f"{meta.get('model')} on {Path(ds.name).name} {split}: top-1 {r['top1']:.4f}")
     how = " with flipped copies" if args.flip else ""
-    print(f"{args.checkpoint} on {ds.name} ({r['images']} images{how}): top-1 {r['top1']:.4f}  "
+    print(f"{args.checkpoint} on {ds.name} {split} ({r['images']} images{how}): top-1 {r['top1']:.4f}  "
           f"top-5 {r['top5']:.4f}  loss {r['loss']:.4f}")
     for name, acc in zip(classes, r["per_class"]):
         print(f"  {name:24s} {acc:.4f}")
@@ -76,6 +89,7 @@ def _eval_task(args) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise MobileNetsError(f"--batch-size {args.batch_size}: allowed: integer >= 1")
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
+    args.split = args.split or "val"
     m = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size or 16, str(out),
                             workers=args.workers, flip=args.flip)
     task = task_of(args.checkpoint)

@@ -11,6 +11,7 @@ from ..models.mobilenet import model_defaults
 from ..train.loop import TrainingStopped, train
 from ..train.recipes import DEFAULTS, default_recipe, list_recipes, load_recipe, parse_set
 from ..train.tasks import TRAIN_TASKS, record_keys
+from .common import count_or_fraction
 
 
 def resolve_config(args: argparse.Namespace, explicit: dict) -> dict:
@@ -31,7 +32,7 @@ NAMED_FLAGS = {"task": "task", "model": "model", "width_mult": "width_mult", "sm
                "batch_size": "batch_size", "lr": "lr", "seed": "seed", "workers": "workers",
                "strict": "strict", "amp": "amp", "compile": "compile", "sync_bn": "sync_bn",
                "save_every_steps": "save_every_steps", "device": "device", "in_chans": "in_chans",
-               "backbone": "backbone"}
+               "backbone": "backbone", "val_fraction": "val_fraction"}
 
 
 def add_commands(sub) -> None:
@@ -51,6 +52,11 @@ def add_commands(sub) -> None:
     p.add_argument("--data", default=None, help="'fashion-mnist' or an ImageFolder directory; a COCO "
                                                 "folder for detection, a VOC folder for segmentation")
     p.add_argument("--data-dir", default=None, help="where the Fashion-MNIST idx files are")
+    p.add_argument("--val-fraction", type=count_or_fraction, default=None, metavar="F_OR_N",
+                   help="classifiers: the share of the training images held out as the val split that "
+                        "scores every epoch and picks best.safetensors (test data is scored once, at "
+                        "the end): a fraction (0.1) or a number of images (5000); 0: none, keep the "
+                        "final epoch; default 5000 for Fashion-MNIST, 0.1 for folders without val/")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="per process")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate")
@@ -95,7 +101,8 @@ def _cmd_train(args) -> int:
         return 1
     if report.get("interrupted"):
         return 130
-    shown = ("model", "task", "epochs", *record_keys(report["task"]), "train_seconds", "params", "madds",
-             "skipped_files")
+    splits = [k for k in ("top1_split", "selection", "val_top1", "test_top1") if k in report]
+    shown = ("model", "task", "epochs", *record_keys(report["task"]), *splits, "train_seconds", "params",
+             "madds", "skipped_files")
     print(json.dumps({k: report[k] for k in shown}))
     return 0

@@ -49,6 +49,36 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
     return torch.randperm(n, generator=_generator(seed, epoch)) if shuffle else torch.arange(n)
 
 
+def check_val_fraction(val_fraction) -> None:
+    """One line unless `val_fraction` is None, a fraction 0 <= f < 1 or a count of images >= 1."""
+    v = val_fraction
+    if v is None:
+        return
+    number = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if not number or v < 0 or (isinstance(v, float) and v >= 1):
+        raise MobileNetsError(f"val_fraction={v!r} is invalid; allowed: a fraction 0 <= f < 1, a number "
+                              "of images (integer >= 1), or None for the data's default")
+
+
+def held_out_count(val_fraction, n: int, default) -> int:
+    """How many of `n` training images `val_fraction` holds out (None: `default`); 0 for none."""
+    v = default if val_fraction is None else val_fraction
+    check_val_fraction(v)
+    count = v if isinstance(v, int) else (max(1, int(round(n * v))) if v > 0 else 0)
+    if count >= n:
+        raise MobileNetsError(f"val_fraction={v!r} holds out {count} of the {n} training images; "
+                              "allowed: fewer, so that some are left to train on")
+    return count
+
+
+def held_out(n: int, n_val: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, val) indices into `n` images, each ascending: a seeded `n_val` of them held out.
+    They depend on (n, n_val, seed) only, so a resumed run, every distributed rank and `eval`
+    hold out the same images."""
+    order = epoch_order(n, seed, -1, True)
+    return order[n_val:].sort().values, order[:n_val].sort().values
+
+
 def shard_steps(order: torch.Tensor, batch: int, rank: int, world: int, drop_last: bool):
     """Split an epoch's order into global batches of `batch * world`; rank r gets every world-th
     image of each, so the ranks' batches together are exactly one process's global batch."""

@@ -58,6 +58,12 @@ def all_reduce_sum(t: torch.Tensor, ctx: Context) -> torch.Tensor:
     return t
 
 
+def barrier(ctx: Context) -> None:
+    """Wait until every rank gets here (e.g. until rank 0 has written a file the others read)."""
+    if ctx.distributed:
+        dist.barrier()
+
+
 class _SumOverRanks(torch.autograd.Function):
     """all_reduce(SUM) whose gradient is also summed over ranks (each rank's input affects
     every rank's output)."""

@@ -26,7 +26,7 @@ from .checkpoint import (CHECKPOINT_FORMAT, append_jsonl, checkpoint_epoch, plai
                          rng_state, save_checkpoint, set_rng_state, truncate_metrics)
 from .optim import build_optimizer, ema_update, lr_factor, optimizer_step
 from .plots import plot_curves
-from .recipes import DEFAULTS, MODEL_KEYS, validate
+from .recipes import MODEL_KEYS, resumed_config, validate
 from .tasks import open_task
 from ..models.weights import load_backbone
 
@@ -46,8 +46,8 @@ def train(cfg: dict, out: str | Path, resume: str | None = None, progress: bool 
                 raise MobileNetsError(
                     f"--resume {resume}: the checkpoint trains {saved['model']} with {key}={saved.get(key)!r}, "
                     f"not {cfg[key]!r}; start a new run in another --out instead")
-        # DEFAULTS first: a checkpoint from before a key existed resumes with its default.
-        cfg = {**DEFAULTS, **saved, **{k: cfg[k] for k in cfg.get("_explicit", ()) if k not in MODEL_KEYS}}
+        # A checkpoint from before a key existed resumes with its default (`resumed_config`).
+        cfg = {**resumed_config(saved), **{k: cfg[k] for k in cfg.get("_explicit", ()) if k not in MODEL_KEYS}}
     elif (out / "last.pt").exists():
         raise MobileNetsError(f"--out {out}: already holds a run (last.pt); continue it with --resume {out} "
                               "or choose another --out")
@@ -254,6 +254,7 @@ def _run(cfg, out, ckpt, ctx, progress) -> dict:
               f"best_{task.metric}": best, "best_epoch": best_epoch, "train_seconds": round(train_seconds, 1),
               "params": prof["params"], "madds": prof["madds"], "skipped_files": len(task.skipped),
               "skipped": task.skipped, "classes": task.classes}
+    report.update(task.finish(out, ema.module if ema is not None else raw, bs, ctx, memory_format, report))
     if ctx.main:
         atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
         if tb is not None:

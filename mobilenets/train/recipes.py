@@ -6,15 +6,18 @@ import json
 import math
 from pathlib import Path
 
-from ..datasets.splits import Augment
+from ..datasets.classification import val_held_out_beside_test
+from ..datasets.splits import Augment, check_val_fraction
 from ..core.errors import MobileNetsError
 from ..models.mobilenet import list_models, model_task
 from .tasks import TRAIN_TASKS
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
-# Recipe keys that describe the model: a resumed run must agree on them.
-MODEL_KEYS = ("task", "model", "width_mult", "small_input", "in_chans", "dropout", "model_options")
+# Recipe keys a resumed run must agree on: those that describe the model, and val_fraction,
+# which decides the images it trains on.
+MODEL_KEYS = ("task", "model", "width_mult", "small_input", "in_chans", "dropout", "model_options",
+              "val_fraction")
 # Settings of classification's augmentation and loss; detection and segmentation augment with
 # `coco_voc`'s fixed box- and mask-aware transforms, so other values there are refused.
 CLASSIFICATION_ONLY = ("small_input", "label_smoothing", "hflip", "scale", "crop_padding", "erasing",
@@ -23,7 +26,7 @@ DEFAULTS = {
     "task": None, "model": "mobilenet_v2", "width_mult": None, "small_input": False, "in_chans": None,
     "dropout": None, "model_options": {}, "backbone": None, "resolution": None, "data": "fashion-mnist",
     "data_dir": None,
-    "val_fraction": 0.1, "workers": 0, "seed": 0, "epochs": 20, "batch_size": 128,
+    "val_fraction": None, "workers": 0, "seed": 0, "epochs": 20, "batch_size": 128,
     "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "rmsprop_decay": 0.9,
     "eps": 1e-8, "weight_decay": 4e-5, "wd_norm_bias": False, "schedule": "cosine",
     "warmup_epochs": 0.0, "min_lr": 0.0, "lr_decay": 0.98, "label_smoothing": 0.0,
@@ -31,6 +34,7 @@ DEFAULTS = {
     "auto_augment": None, "eval_flip": False, "amp": "none", "channels_last": True, "compile": False,
     "sync_bn": False, "clip_grad": 0.0, "log_every": 0, "save_every_steps": 0, "strict": False,
     "deterministic": True, "device": None, "limit_train": 0, "limit_val": 0,
+    "limit_test": 0,
 }
 
 
@@ -100,7 +104,7 @@ def validate(cfg: dict) -> dict:
     need("amp", cfg["amp"] in ("none", "bf16", "fp16"), "none, bf16, fp16")
     need("seed", integer("seed") and cfg["seed"] >= 0, "integer >= 0")
     need("workers", integer("workers") and cfg["workers"] >= 0, "integer >= 0")
-    for key in ("log_every", "save_every_steps", "crop_padding", "limit_train", "limit_val"):
+    for key in ("log_every", "save_every_steps", "crop_padding", "limit_train", "limit_val", "limit_test"):
         need(key, integer(key) and cfg[key] >= 0, "integer >= 0")
     need("eval_flip", isinstance(cfg["eval_flip"], bool), "true or false")
     need("backbone", cfg["backbone"] is None or isinstance(cfg["backbone"], str),
@@ -116,13 +120,32 @@ def validate(cfg: dict) -> dict:
     if cfg["resolution"] is not None:
         need("resolution", integer("resolution") and cfg["resolution"] >= 8, "integer >= 8")
     Augment.from_config(cfg)
+    check_val_fraction(cfg["val_fraction"])
     cfg["task"] = resolve_task(cfg.get("task"), cfg["model"])
     if cfg["task"] != "classification":
         for key in CLASSIFICATION_ONLY:
             if cfg[key] != DEFAULTS[key]:
                 raise MobileNetsError(f"{key}={cfg[key]!r} applies to classification only; {cfg['task']} "
                                       f"augments with coco_voc.{cfg['task']}_transforms")
+        for key in ("val_fraction", "limit_test"):
+            if cfg[key] != DEFAULTS[key]:
+                raise MobileNetsError(f"{key}={cfg[key]!r} applies to classification only; {cfg['task']} "
+                                      "picks its best epoch on the annotations' val split")
         need("in_chans", cfg["in_chans"] in (None, 3), f"3 ({cfg['task']} reads RGB images)")
+    return cfg
+
+
+def resumed_config(saved: dict) -> dict:
+    """The config a checkpoint's `saved` one resumes with: DEFAULTS for the keys added since.
+    Runs saved before the test set was kept apart (they have no limit_test) scored every epoch on
+    the test set where val is now held out beside it, and trained on all the training images;
+    they go on training on those, as val_fraction=0 runs that keep their final epoch."""
+    cfg = {**DEFAULTS, **saved}
+    if "limit_test" not in saved:
+        if saved.get("task") not in (None, "classification"):
+            cfg["val_fraction"] = None   # it did nothing there, and is refused there now
+        elif val_held_out_beside_test(str(saved.get("data"))):
+            cfg["val_fraction"] = 0
     return cfg
 
 

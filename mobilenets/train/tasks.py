@@ -11,6 +11,8 @@ What the trainer asks of a task (`open_task(cfg)` builds one):
   evaluate_split(model, ...) -> metrics with "metric"; record / describe / report / save_best
                        turn them into metrics.jsonl entries, the progress line, report.json
                        entries and the best weights file
+  finish(out, model, batch_size, ctx, memory_format, report) -> report.json entries that
+                       complete or replace the loop's, once every epoch has run (all ranks)
 
 `DetectionTask` and `SegmentationTask` also work on their own: `train_set` / `val_set`,
 `collate`, `loss(model, batch)` -> (loss, logged values), `evaluate(model, loader)`.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -30,13 +33,14 @@ from ..datasets.coco_voc import (IGNORE_INDEX, CocoDetection, VOCSegmentation, c
 from ..models.detection import DetectionLoss
 from ..core.errors import MobileNetsError
 from ..models.heads import segment_multi_scale
+from . import distributed
 from .metrics import coco_map, detect_dataset, iou_scores, segment_dataset
 from ..datasets.classification import open_dataset
 from ..datasets.folders import DatasetSplit
 from ..datasets.splits import Augment
 from .evaluate import evaluate
 from ..models.weights import save_weights
-from ..models.mobilenet import IMAGENET_MEAN, IMAGENET_STD, check_resolution
+from ..models.mobilenet import IMAGENET_MEAN, IMAGENET_STD, check_resolution, load_model
 from ..models.weights import save_task_weights
 
 TASKS = ("detection", "segmentation")
@@ -56,20 +60,21 @@ def json_safe(values: dict) -> dict:
 
 
 class ClassificationTask:
-    """Image classification on Fashion-MNIST or an image folder (`data.open_dataset`)."""
+    """Image classification on Fashion-MNIST or an image folder (`data.open_dataset`): every
+    epoch is scored on the val split, which picks best.safetensors; the test split is scored once,
+    at the end, on best.safetensors. Without a val split (val_fraction=0) the final epoch's model
+    is kept."""
     name, metric = "classification", "top1"
     record_keys = ("top1", "top5")
-    plot_keys = ("train_top1", "val_top1")
 
     def __init__(self, cfg: dict):
         ds = open_dataset(cfg["data"], cfg["resolution"], Augment.from_config(cfg), cfg["data_dir"],
                           cfg["in_chans"], cfg["val_fraction"], cfg["seed"], cfg["workers"], cfg["strict"])
-        if cfg["limit_train"]:
-            ds.train = ds.train.subset(cfg["limit_train"], cfg["seed"])
-        if cfg["limit_val"]:
-            ds.val = ds.val.subset(cfg["limit_val"], cfg["seed"])
+        for name, limit in (("train", cfg["limit_train"]), ("val", cfg["limit_val"]), ("test", cfg["limit_test"])):
+            if limit and getattr(ds, name) is not None:
+                setattr(ds, name, getattr(ds, name).subset(limit, cfg["seed"]))
         self.ds, self.classes, self.data_name = ds, ds.classes, ds.name
-        self.train, self.val = ds.train, ds.val
+        self.train, self.val, self.test = ds.train, ds.val, ds.test
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
         self.eval_flip = cfg["eval_flip"]
 
@@ -80,6 +85,10 @@ class ClassificationTask:
     @property
     def skipped(self) -> list[str]:
         return self.ds.skipped
+
+    @property
+    def plot_keys(self) -> tuple[str, ...]:
+        return ("train_top1", "val_top1") if self.val is not None else ("train_top1",)
 
     def model_kwargs(self, cfg: dict) -> dict:
         kwargs = {"num_classes": len(self.classes), "in_chans": self.ds.in_chans}
@@ -95,7 +104,9 @@ class ClassificationTask:
         stride = model.arch.total_stride
         if self.ds.resolution < stride:
             # 28 px images through a stride-32 network: upsample to the smallest size it accepts.
-            self.ds.resolution = self.ds.train.resolution = self.ds.val.resolution = stride
+            self.ds.resolution = stride
+            for split in self.ds.splits.values():
+                split.resolution = stride
 
     def preprocessing(self) -> dict:
         return self.ds.preprocessing()
@@ -115,24 +126,60 @@ class ClassificationTask:
         return {"train_top1": sums["correct"] / max(seen, 1)}
 
     def evaluate_split(self, model: nn.Module, batch_size: int, ctx, memory_format, amp_dtype) -> dict:
-        val = evaluate(model, self.ds.val, batch_size, ctx, len(self.classes), memory_format, amp_dtype,
+        if self.val is None:
+            # Nothing to choose by: no epoch beats the loop's starting best, and `finish` keeps
+            # the final model.
+            return {"metric": -math.inf}
+        val = evaluate(model, self.val, batch_size, ctx, len(self.classes), memory_format, amp_dtype,
                        flip=self.eval_flip)
         return {**val, "metric": val["top1"]}
 
     def record(self, val: dict) -> dict:
+        if "top1" not in val:
+            return {}
         return {"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]}
 
     def describe(self, record: dict) -> str:
-        return (f"train loss {record['train_loss']:.4f} top1 {record['train_top1']:.4f}  val loss "
-                f"{record['val_loss']:.4f} top1 {record['val_top1']:.4f} top5 {record['val_top5']:.4f}")
+        line = f"train loss {record['train_loss']:.4f} top1 {record['train_top1']:.4f}"
+        if "val_top1" in record:
+            line += (f"  val loss {record['val_loss']:.4f} top1 {record['val_top1']:.4f} "
+                     f"top5 {record['val_top5']:.4f}")
+        return line
 
     def report(self, val: dict) -> dict:
-        return {"top1": val["top1"], "top5": val["top5"]}
+        return {"top1": val["top1"], "top5": val["top5"]} if "top1" in val else {}
 
-    def save_best(self, path, model: nn.Module, val: dict, epoch: int, source: str) -> None:
+    def save_best(self, path, model: nn.Module, val: dict | None, epoch: int, source: str) -> None:
+        scores = {"top1": val["top1"], "top5": val["top5"]} if val else {}
         save_weights(path, model, {"classes": self.classes, "preprocessing": self.preprocessing(),
-                                   "top1": val["top1"], "top5": val["top5"], "epoch": epoch,
-                                   "source": source})
+                                   **scores, "epoch": epoch, "source": source})
+
+    def finish(self, out, model: nn.Module, batch_size: int, ctx, memory_format, report: dict) -> dict:
+        """Which split each score comes from. Without a val split the final model (`model`)
+        becomes best.safetensors here. The test split is scored on best.safetensors as saved:
+        exactly the model the run hands on, in float32 as `mobilenets eval` scores it."""
+        best_path = Path(out) / "best.safetensors"
+        if self.val is None and ctx.main:
+            self.save_best(best_path, model, None, report["epochs"],
+                           f"mobilenets train, recipe {report['recipe']}, data {report['data']}")
+        distributed.barrier(ctx)   # rank 0 has written the file every rank reads
+        kept, meta = load_model(best_path)
+        entries = {"selection": "best val_top1" if self.val is not None else "final epoch (no validation split)",
+                   "val_images": len(self.val) if self.val is not None else 0,
+                   "val_top1": meta.get("top1"), "val_top5": meta.get("top5"),
+                   "test_images": 0, "test_top1": None, "test_top5": None}
+        if self.val is None:
+            entries.update({f"best_{self.metric}": None, "best_epoch": report["epochs"]})
+        if self.test is not None:
+            kept = kept.to(ctx.device, memory_format=memory_format)
+            test = evaluate(kept, self.test, batch_size, ctx, len(self.classes), memory_format,
+                            flip=self.eval_flip)
+            entries.update(test_images=test["images"], test_top1=test["top1"], test_top5=test["top5"])
+        # top1 / top5 (the scores `mobilenets train` prints): test's where there is a test split.
+        final = "test" if self.test is not None else "val" if self.val is not None else None
+        entries.update(top1=entries[f"{final}_top1"] if final else None,
+                       top5=entries[f"{final}_top5"] if final else None, top1_split=final)
+        return entries
 
 
 class _DenseTask:
@@ -200,6 +247,9 @@ class _DenseTask:
 
     def report(self, val: dict) -> dict:
         return {**{k: val[k] for k in self.record_keys}, self.per_class_key: json_safe(val[self.per_class_key])}
+
+    def finish(self, out, model: nn.Module, batch_size: int, ctx, memory_format, report: dict) -> dict:
+        return {}   # the loop's val scores are the whole report
 
     def save_best(self, path, model: nn.Module, val: dict, epoch: int, source: str) -> None:
         save_task_weights(path, model, self.name, self.classes, self.resolution,

@@ -12,7 +12,7 @@ from mobilenets.train import DEFAULTS, load_recipe, train
 
 def config(batch: int) -> dict:
     return {**DEFAULTS, **load_recipe("fashion-mnist"), "recipe": "fashion-mnist",
-            "limit_train": 192, "limit_val": 64, "batch_size": batch, "epochs": 1, "lr": 0.01,
+            "limit_train": 192, "limit_val": 64, "limit_test": 64, "batch_size": batch, "epochs": 1, "lr": 0.01,
             "resolution": 28, "sync_bn": True, "log_every": 1, "device": "cpu",
             "dropout": 0.0}  # dropout masks come from each rank's own RNG stream
 
@@ -65,3 +65,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch):
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=3e-2)
     report = json.loads((ddp / "report.json").read_text())
     assert report["world_size"] == 2
+    # Each rank held out the same val split and scored its share of the test set once, at the end.
+    assert report["val_images"] == report["test_images"] == 64 and report["selection"] == "best val_top1"
+    one = json.loads((single / "report.json").read_text())
+    assert report["test_top1"] == pytest.approx(one["test_top1"], abs=3 / 64)

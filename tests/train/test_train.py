@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,8 @@ TIMING = ("epoch_seconds", "img_per_s")
 def tiny(**over) -> dict:
     """A real Fashion-MNIST run small enough for a test: 512 training images, α 0.35."""
     cfg = {**DEFAULTS, **load_recipe("fashion-mnist"), "recipe": "fashion-mnist",
-           "limit_train": 512, "limit_val": 256, "batch_size": 32, "epochs": 2, "lr": 0.05}
+           "limit_train": 512, "limit_val": 256, "limit_test": 256, "batch_size": 32, "epochs": 2,
+           "lr": 0.05}
     cfg.update(over)
     return cfg
 
@@ -122,6 +124,7 @@ def test_model_options_reach_the_weights_and_old_checkpoints_resume(tmp_path, ru
     del state["config"]["model_options"]
     (tmp_path / "old").mkdir()
     torch.save(state, tmp_path / "old" / "last.pt")
+    shutil.copy(out / "best.safetensors", tmp_path / "old")     # the run's test score is this file's
     resumed = train(tiny(_explicit=[]), tmp_path / "old", resume=str(tmp_path / "old"), progress=False)
     assert resumed["top1"] == report["top1"] and resumed["model_kwargs"] == report["model_kwargs"]
 
@@ -154,13 +157,16 @@ def test_resume_errors_overwrite_nothing(tmp_path, run):
 def test_cli_train_eval_and_one_line_errors(tmp_path, capsys):
     out = tmp_path / "cli"
     rc = main(["train", "--data", "fashion-mnist", "--epochs", "1", "--batch-size", "32", "--out", str(out),
-               "--set", "limit_train=128", "--set", "limit_val=64", "--set", "resolution=16"])
+               "--set", "limit_train=128", "--set", "limit_val=64", "--set", "limit_test=100",
+               "--set", "resolution=16"])
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rc == 0 and printed["epochs"] == 1 and set(printed) >= {"top1", "top5", "params", "madds"}
+    assert printed["selection"] == "best val_top1" and printed["top1"] == printed["test_top1"]
     rc = main(["eval", str(out / "best.safetensors"), "--data", "fashion-mnist"])
     text = capsys.readouterr().out
     result = json.loads((out / "eval.json").read_text())
     assert rc == 0 and result["images"] == 10000 and (out / "confusion_matrix.png").is_file()
+    assert result["split"] == "test" and "fashion-mnist test (10000 images)" in text
     assert sum(map(sum, result["confusion"])) == 10000 and len(result["per_class"]) == 10
     assert f"top-1 {result['top1']:.4f}" in text and result["flip"] is False
     assert main(["eval", str(out / "best.safetensors"), "--data", "fashion-mnist", "--flip",
