@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -93,8 +94,14 @@ def _cmd_train(args) -> int:
     except TrainingStopped as e:
         print(f"mobilenets: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:  # a stop signal before the loop: no step was trained in this process
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"mobilenets: interrupted ({signal.Signals(signum).name}) during start-up, before the first "
+              "training step", file=sys.stderr)
+        return 128 + signum
     if report.get("interrupted"):
-        return 130
+        # The shell's convention for a process ended by a signal: 130 for SIGINT, 143 for SIGTERM.
+        return 128 + signal.Signals[report["signal"]]
     shown = ("model", "task", "epochs", *record_keys(report["task"]), "train_seconds", "params", "madds",
              "skipped_files")
     print(json.dumps({k: report[k] for k in shown}))
