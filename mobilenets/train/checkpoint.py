@@ -159,9 +159,13 @@ def run_lock(out: Path):
     flock on out/train.lock, which records its holder for the one that is refused. The lock file
     goes when the run ends, and so does `out` if this call created it and it is still empty."""
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_NAME
-    f = _lock_file(path, out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        f = _lock_file(path, out)
+    except OSError as e:
+        raise MobileNetsError(f"out={out}: cannot create the run directory or its lock file "
+                              f"({e.strerror or e})") from e
     try:
         f.seek(0)
         f.truncate()

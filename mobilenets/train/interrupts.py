@@ -30,10 +30,12 @@ class StopSignals:
         self.mode, self.received, self._previous = "raise", None, {}
 
     def __enter__(self) -> "StopSignals":
-        # Only the main thread may set handlers; elsewhere the caller's stay in charge.
+        # Only the main thread may set handlers; elsewhere the caller's stay in charge. A signal
+        # the process was started to ignore (a shell's background job ignores SIGINT) stays ignored.
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -212,13 +212,14 @@ class Run:
 
     def _prepare_out(self, resuming: bool) -> None:
         out = self.out
-        out.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(out)  # left by a killed write; the lock keeps other writers out
-        if resuming:
-            truncate_metrics(self.metrics_path, self.pos.epoch)
-        elif self.metrics_path.exists():
-            self.metrics_path.unlink()
-        atomic_write_text(out / "config.json", json.dumps(self.cfg, indent=2) + "\n")
+        with self._writing(out):
+            out.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(out)  # left by a killed write; the lock keeps other writers out
+            if resuming:
+                truncate_metrics(self.metrics_path, self.pos.epoch)
+            elif self.metrics_path.exists():
+                self.metrics_path.unlink()
+            atomic_write_text(out / "config.json", json.dumps(self.cfg, indent=2) + "\n")
         if self.task.skipped:
             print(f"skipped {len(self.task.skipped)} unreadable image file(s) (listed in report.json)",
                   file=sys.stderr)
@@ -423,7 +424,8 @@ class Run:
                   "madds": self.prof["madds"], "skipped_files": len(task.skipped), "skipped": task.skipped,
                   "classes": task.classes}
         if self.ctx.main:
-            atomic_write_text(self.out / "report.json", json.dumps(report, indent=2) + "\n")
+            with self._writing(self.out / "report.json"):
+                atomic_write_text(self.out / "report.json", json.dumps(report, indent=2) + "\n")
             if self.tb is not None:
                 self.tb.close()
         return report

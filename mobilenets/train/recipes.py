@@ -15,8 +15,8 @@ from .tasks import TRAIN_TASKS
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
-# The largest input side a run accepts: MobileNetV2's first layers alone hold several GiB of
-# activations per image there, so a larger value is a typo, not a plan.
+# The largest input side a run accepts: at 4096 px MobileNetV2's early layers already hold a
+# few GiB of activations per training image, so a larger value is a typo, not a plan.
 MAX_RESOLUTION = 4096
 # DataLoader workers per CPU core: a few keep decoding ahead of the model; many more only fork
 # processes that compete for the same cores and memory.
@@ -128,10 +128,7 @@ def validate(cfg: dict) -> dict:
     if cfg["resolution"] is not None:
         need("resolution", integer("resolution") and 8 <= cfg["resolution"] <= MAX_RESOLUTION,
              f"integer 8..{MAX_RESOLUTION}")
-    scale = cfg["scale"]
-    need("scale", isinstance(scale, (list, tuple)) and len(scale) == 2
-         and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in scale)
-         and 0 < scale[0] <= scale[1] <= 1, "[low, high] area fractions with 0 < low <= high <= 1")
+    need("scale", _area_range(cfg["scale"]), "[low, high] area fractions with 0 < low <= high <= 1")
     Augment.from_config(cfg)
     cfg["task"] = resolve_task(cfg.get("task"), cfg["model"])
     if cfg["task"] != "classification":
@@ -141,6 +138,13 @@ def validate(cfg: dict) -> dict:
                                       f"augments with coco_voc.{cfg['task']}_transforms")
         need("in_chans", cfg["in_chans"] in (None, 3), f"3 ({cfg['task']} reads RGB images)")
     return cfg
+
+
+def _area_range(scale) -> bool:
+    """Whether `scale` is RandomResizedCrop's [low, high] share of the image area."""
+    return (isinstance(scale, (list, tuple)) and len(scale) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in scale)
+            and 0 < scale[0] <= scale[1] <= 1)
 
 
 def resolve_task(task: str | None, model: str) -> str:

@@ -1,8 +1,10 @@
 """A run stopped by signals, a full disk or a crash, and two runs on one directory."""
+import builtins
 import errno
 import json
 import os
 import re
+import runpy
 import signal
 import socket
 import subprocess
@@ -17,6 +19,7 @@ from mobilenets.cli import main
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.train import DEFAULTS, TrainingStopped, load_recipe, train
 from mobilenets.train import loop
+from mobilenets.train.interrupts import StopSignals
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -172,3 +175,31 @@ def test_resume_drops_a_torn_metrics_line_and_stale_temp_files(tmp_path):
     lines = metrics.read_text().splitlines()
     assert lines[0] == first.strip() and [json.loads(ln)["epoch"] for ln in lines] == [1, 2]
     assert not any(p.exists() for p in stale) and keep.exists()
+
+
+def test_ctrl_c_while_torch_loads_is_one_line(monkeypatch, capsys):
+    """`python -m mobilenets` imports the package (which loads no torch) and then the CLI."""
+    probe = python("import sys, mobilenets; print(sorted({'torch', 'torchvision'} & set(sys.modules)))")
+    assert probe.communicate(timeout=120)[0].strip() == "[]"
+    real_import = builtins.__import__
+
+    def interrupted_import(name, globals=None, locals=None, fromlist=(), level=0):
+        if name == "cli.main" and level == 1:
+            raise KeyboardInterrupt
+        return real_import(name, globals, locals, fromlist, level)
+    monkeypatch.setattr(builtins, "__import__", interrupted_import)
+    with pytest.raises(SystemExit) as e:
+        runpy.run_module("mobilenets", run_name="__main__")
+    assert e.value.code == 130 and capsys.readouterr().err == "mobilenets: interrupted\n"
+
+
+def test_an_ignored_signal_stays_ignored():
+    """A shell starts background jobs with SIGINT ignored; a run must not take that back."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopSignals():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_IGN, signal.SIG_DFL)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
