@@ -4,18 +4,22 @@ Subpackages follow the pipeline: `models` (specs, layers, the builder and regist
 profiler, task heads) → `datasets` → `train` → `deploy` → `analysis`, with `cli` on top. Each
 imports only from the ones before it.
 """
+import importlib
+
 from .core.errors import MobileNetsError
 from .core.runtime import tune_allocator
-from .models import MobileNet, create_model, list_models, load_model, profile, register_model
 
 __all__ = ["MobileNet", "MobileNetsError", "Predictor", "create_model", "list_models", "load_model",
            "profile", "register_model", "tune_allocator"]
 __version__ = "0.1.0"
 
+# Where the names that import torch live. They load when first asked for, so importing the
+# package is instant and `python -m mobilenets` answers a Ctrl-C while torch loads with one line.
+_LAZY = {"MobileNet": "models", "create_model": "models", "list_models": "models", "load_model": "models",
+         "profile": "models", "register_model": "models", "Predictor": "deploy.predict"}
+
 
 def __getattr__(name):
-    # Predictor pulls in the deployment runtimes; import it only when asked for.
-    if name == "Predictor":
-        from .deploy.predict import Predictor
-        return Predictor
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'mobilenets' has no attribute {name!r}")

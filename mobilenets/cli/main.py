@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mobilenets: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print("mobilenets: interrupted", file=sys.stderr)
         return 130
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -99,8 +100,14 @@ def _cmd_train(args) -> int:
     except TrainingStopped as e:
         print(f"mobilenets: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:  # a stop signal before the loop: no step was trained in this process
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"mobilenets: interrupted ({signal.Signals(signum).name}) during start-up, before the first "
+              "training step", file=sys.stderr)
+        return 128 + signum
     if report.get("interrupted"):
-        return 130
+        # The shell's convention for a process ended by a signal: 130 for SIGINT, 143 for SIGTERM.
+        return 128 + signal.Signals[report["signal"]]
     splits = [k for k in ("top1_split", "selection", "val_top1", "test_top1") if k in report]
     shown = ("model", "task", "epochs", *record_keys(report["task"]), *splits, "train_seconds", "params",
              "madds", "skipped_files")

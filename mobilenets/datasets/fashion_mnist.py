@@ -87,6 +87,10 @@ def _download_fashion_mnist(dest: Path) -> bool:
 def load_fashion_mnist(data_dir: str | None = None, download: bool = True) -> dict:
     """{"train": (images N×1×28×28 uint8, labels int64), "test": (...)} from the first place
     that has all four files; downloads into the first writable place when none has them."""
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        # Falling back to another copy would train on data the caller did not name.
+        raise MobileNetsError(f"data_dir={data_dir}: no such directory; give the folder that holds the "
+                              "Fashion-MNIST idx files, or leave data_dir unset for the usual places")
     places = fashion_mnist_places(data_dir)
     found = {stem: _find_idx(stem, places) for stem in FMNIST_FILES}
     if not all(found.values()) and download:

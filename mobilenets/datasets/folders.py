@@ -40,9 +40,27 @@ def to_mode(img, in_chans: int):
     return img.convert("L" if in_chans == 1 else "RGB")
 
 
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _not_a_file(path: Path) -> str | None:
+    """Why an entry with an image name is not a file to open (opening a FIFO would block)."""
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return "a directory, not an image file"
+    if path.is_symlink() and not path.exists():
+        return "a symbolic link that loops or points nowhere"
+    return "not a regular file"
+
+
 def check_image(path: Path, full: bool) -> str | None:
     """Why the file cannot be used, or None. `full` decodes all pixels (catches truncation)."""
     from PIL import Image, UnidentifiedImageError
+    why = _not_a_file(path)
+    if why is not None:
+        return why
     try:
         if path.stat().st_size == 0:
             return "zero-byte file"
@@ -51,8 +69,9 @@ def check_image(path: Path, full: bool) -> str | None:
                 im.load()
             else:
                 im.verify()
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        return f"unreadable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    # A decompression bomb (a small file declaring billions of pixels) is no OSError.
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return f"unreadable image ({_first_line(e)})"
     return None
 
 
@@ -76,8 +95,8 @@ class _FolderItems(torch.utils.data.Dataset):
         try:
             with Image.open(path) as im:
                 img = to_mode(im, self.in_chans)
-        except (OSError, SyntaxError, ValueError) as e:
-            return ("bad", str(path), str(e).splitlines()[0] if str(e) else type(e).__name__)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            return ("bad", str(path), _first_line(e))
         return self.transform(img), label
 
 
@@ -102,8 +121,11 @@ def _seeded_loader(dataset, collate, workers: int, batch: int, seed: int, epoch:
     """A DataLoader over this rank's batches of `epoch`, from step `start_step` on."""
     order = epoch_order(len(dataset), seed, epoch, shuffle)
     steps = [idx.tolist() for idx, _ in shard_steps(order, batch, rank, world, drop_last)]
+    # Its own generator: a DataLoader draws its worker seed from torch's global RNG otherwise,
+    # which the model's dropout also draws from, so a resumed epoch would see other masks.
     return torch.utils.data.DataLoader(_SeededItems(dataset, seed, epoch), batch_sampler=steps[start_step:],
-                                       collate_fn=collate, num_workers=workers, persistent_workers=False)
+                                       collate_fn=collate, num_workers=workers, persistent_workers=False,
+                                       generator=torch.Generator().manual_seed(seed))
 
 
 def _collate(items):
@@ -200,6 +222,9 @@ def scan_folder(root: Path, classes: list[str] | None = None) -> tuple[list, lis
     if not root.is_dir():
         raise MobileNetsError(f"{root}: not a directory")
     found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if classes is None and len(found) == 1:
+        raise MobileNetsError(f"{root}: one class folder ({found[0]!r}); a classifier needs at least 2, "
+                              f"as {root}/CLASS_NAME/IMAGE files")
     classes = classes or found
     if not classes:
         raise MobileNetsError(f"{root}: no class folders; expected {root}/CLASS_NAME/IMAGE files")
@@ -210,8 +235,9 @@ def scan_folder(root: Path, classes: list[str] | None = None) -> tuple[list, lis
     for label, name in enumerate(classes):
         d = root / name
         if d.is_dir():
-            items += [(p, label) for p in sorted(d.rglob("*"))
-                      if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+            # Every entry with an image name, files or not: screen_items skips (and counts) the
+            # directories and broken links among them rather than losing them silently.
+            items += [(p, label) for p in sorted(d.rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS]
     if not items:
         raise MobileNetsError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
     return items, classes

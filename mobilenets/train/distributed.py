@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..core.errors import MobileNetsError
+
 
 @dataclass
 class Context:
@@ -38,13 +40,35 @@ def setup(device: str | None = None) -> Context:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = check_device(device)
     if dev.type == "cuda":
         dev = torch.device("cuda", local if dev.index is None else dev.index)
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return Context(rank, world, local, dev)
+
+
+def check_device(device) -> torch.device:
+    """`device` as a torch.device that this machine has; one line naming it otherwise."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise MobileNetsError(f"device={device!r} is not a device name; allowed: cpu, cuda, cuda:N, mps") from e
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise MobileNetsError(f"device={device!r} needs a CUDA GPU and this machine has none "
+                                  "that torch can use; use device='cpu'")
+        if dev.index is not None and dev.index >= count:
+            raise MobileNetsError(f"device={device!r}: this machine has {count} CUDA GPU(s); "
+                                  f"allowed: cuda:0..cuda:{count - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise MobileNetsError(f"device={device!r} needs Apple's Metal (MPS), which this machine lacks; "
+                              "use device='cpu'")
+    elif dev.type not in ("cpu", "mps"):
+        raise MobileNetsError(f"device={device!r} is not supported for training; allowed: cpu, cuda, cuda:N, mps")
+    return dev
 
 
 def teardown(ctx: Context) -> None:

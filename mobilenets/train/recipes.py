@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 from ..datasets.classification import val_held_out_beside_test
 from ..datasets.splits import Augment, check_val_fraction
 from ..core.errors import MobileNetsError
 from ..models.mobilenet import list_models, model_task
+from ..models.specs import check_width_mult
 from .tasks import TRAIN_TASKS
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
+
+# The largest input side a run accepts: at 4096 px MobileNetV2's early layers already hold a
+# few GiB of activations per training image, so a larger value is a typo, not a plan.
+MAX_RESOLUTION = 4096
+# DataLoader workers per CPU core: a few keep decoding ahead of the model; many more only fork
+# processes that compete for the same cores and memory.
+WORKERS_PER_CPU = 4
 
 # Recipe keys a resumed run must agree on: those that describe the model, and val_fraction,
 # which decides the images it trains on.
@@ -103,7 +112,9 @@ def validate(cfg: dict) -> dict:
          "cosine, onecycle, exponential, constant")
     need("amp", cfg["amp"] in ("none", "bf16", "fp16"), "none, bf16, fp16")
     need("seed", integer("seed") and cfg["seed"] >= 0, "integer >= 0")
-    need("workers", integer("workers") and cfg["workers"] >= 0, "integer >= 0")
+    cpus = os.cpu_count() or 1
+    need("workers", integer("workers") and 0 <= cfg["workers"] <= WORKERS_PER_CPU * cpus,
+         f"integer 0..{WORKERS_PER_CPU * cpus} ({WORKERS_PER_CPU} per CPU core, {cpus} here)")
     for key in ("log_every", "save_every_steps", "crop_padding", "limit_train", "limit_val", "limit_test"):
         need(key, integer(key) and cfg[key] >= 0, "integer >= 0")
     need("eval_flip", isinstance(cfg["eval_flip"], bool), "true or false")
@@ -116,9 +127,12 @@ def validate(cfg: dict) -> dict:
     named = sorted(set(opts) & {"width_mult", "small_input", "in_chans", "dropout", "num_classes"})
     need("model_options", not named, f"options other than {', '.join(named)} (set those by their own key)")
     if cfg["width_mult"] is not None:
-        need("width_mult", number("width_mult") and cfg["width_mult"] > 0, "number > 0")
+        need("width_mult", number("width_mult"), "a number, 0 < width_mult <= 8")
+        check_width_mult(cfg["width_mult"])   # create_model's own bounds, checked before any data loads
     if cfg["resolution"] is not None:
-        need("resolution", integer("resolution") and cfg["resolution"] >= 8, "integer >= 8")
+        need("resolution", integer("resolution") and 8 <= cfg["resolution"] <= MAX_RESOLUTION,
+             f"integer 8..{MAX_RESOLUTION}")
+    need("scale", _area_range(cfg["scale"]), "[low, high] area fractions with 0 < low <= high <= 1")
     Augment.from_config(cfg)
     check_val_fraction(cfg["val_fraction"])
     cfg["task"] = resolve_task(cfg.get("task"), cfg["model"])
@@ -147,6 +161,13 @@ def resumed_config(saved: dict) -> dict:
         elif val_held_out_beside_test(str(saved.get("data"))):
             cfg["val_fraction"] = 0
     return cfg
+
+
+def _area_range(scale) -> bool:
+    """Whether `scale` is RandomResizedCrop's [low, high] share of the image area."""
+    return (isinstance(scale, (list, tuple)) and len(scale) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in scale)
+            and 0 < scale[0] <= scale[1] <= 1)
 
 
 def resolve_task(task: str | None, model: str) -> str:

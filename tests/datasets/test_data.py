@@ -1,6 +1,9 @@
 import gzip
+import os
 import shutil
+import struct
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +59,7 @@ def test_damaged_file_is_named(tmp_path):
 def test_missing_data_names_places_and_package(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "SYSTEM_FMNIST", str(tmp_path / "nowhere"))
     monkeypatch.setenv("MOBILENETS_DATA", str(tmp_path / "env"))
+    (tmp_path / "given").mkdir()   # an existing folder without the files
     with pytest.raises(MobileNetsError) as e:
         load_fashion_mnist(str(tmp_path / "given"), download=False)
     msg = str(e.value)
@@ -207,3 +211,66 @@ def test_bad_data_arguments(tmp_path):
         open_dataset(str(tmp_path / "empty"), None, None)
     with pytest.raises(MobileNetsError, match="auto_augment"):
         Augment.from_config({"auto_augment": "randaugment"})
+
+
+def test_data_dir_that_does_not_exist_is_refused(tmp_path):
+    # The system copy exists, so falling back to it would succeed: the named folder must win.
+    assert FMNIST.is_dir()
+    for call in (lambda d: load_fashion_mnist(d, download=False), lambda d: open_dataset("fashion-mnist", None, None, d)):
+        with pytest.raises(MobileNetsError, match=r"data_dir=.*typo: no such directory"):
+            call(str(tmp_path / "typo"))
+
+
+def test_one_class_folder_is_refused(tmp_path, fmnist):
+    make_folder(tmp_path, fmnist, classes=("Bag",), bad=False)
+    with pytest.raises(MobileNetsError, match=r"one class folder \('Bag'\); a classifier needs at least 2"):
+        open_dataset(str(tmp_path), 28, Augment(), in_chans=1)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A 57-byte PNG that declares width x height 8-bit gray pixels (and holds none)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def test_entries_that_are_no_image_files_are_skipped_and_counted(tmp_path, fmnist):
+    root = make_folder(tmp_path / "data", fmnist, bad=False)
+    # 30000 x 30000 = 9e8 pixels: over twice PIL's MAX_IMAGE_PIXELS (89,478,485), so PIL
+    # refuses it as a decompression bomb; the file itself is 57 bytes.
+    (root / "Bag" / "bomb.png").write_bytes(_png_header(30000, 30000))
+    assert 30000 * 30000 > 2 * Image.MAX_IMAGE_PIXELS
+    (root / "Sandal" / "folder.png").mkdir()
+    os.symlink("loop.png", root / "Trouser" / "loop.png")       # a link to itself
+    os.symlink("missing.jpg", root / "Trouser" / "dangling.jpg")
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        ds = open_dataset(str(root), 28, Augment(), in_chans=1, val_fraction=0.25, seed=0)
+        seen = sum(len(y) for _, y in ds.train.batches(4, 0, 0, drop_last=False))
+    messages = " ".join(str(m.message) for m in w)
+    bad = ["bomb.png", "dangling.jpg", "folder.png", "loop.png"]
+    assert sorted(Path(p).name for p in ds.skipped) == bad
+    for name in bad:
+        assert f"{name}: " in messages
+    assert "decompression bomb" in messages and "a directory, not an image file" in messages
+    assert "loops or points nowhere" in messages
+    # make_folder wrote 8 images per class; only they are left to train and validate on.
+    assert len(ds.train) + len(ds.val) == 24 and seen == len(ds.train)
+    for name in bad:
+        only = tmp_path / "strict" / name
+        shutil.copytree(root, only, symlinks=True, ignore=lambda d, names: [n for n in names if n in bad and n != name])
+        with pytest.raises(MobileNetsError, match=rf"{name}: .*--strict"):
+            open_dataset(str(only), 28, Augment(), in_chans=1, strict=True)
+
+
+def test_folder_batches_leave_the_global_rng_alone(tmp_path, fmnist):
+    """Dropout draws from torch's global RNG, so a resumed epoch sees the same masks only if
+    loading the data draws nothing from it."""
+    make_folder(tmp_path, fmnist, bad=False)
+    ds = open_dataset(str(tmp_path), 28, Augment(), in_chans=1, val_fraction=0.25, seed=0)
+    torch.manual_seed(1)
+    before = torch.get_rng_state()
+    for _ in ds.train.batches(4, 0, 0, start_step=1):
+        pass
+    assert torch.equal(torch.get_rng_state(), before)

@@ -1,5 +1,8 @@
 import json
+import os
 import shutil
+import signal
+import stat
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ from mobilenets.datasets.splits import TensorSplit
 from mobilenets.cli import main
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.train import DEFAULTS, TrainingStopped, load_recipe, train
+from mobilenets.train.tasks import ClassificationTask
 from mobilenets.models.mobilenet import load_model
 
 TIMING = ("epoch_seconds", "img_per_s")
@@ -29,6 +33,12 @@ def rows(path: Path) -> list[dict]:
     return [json.loads(ln) for ln in path.read_text().splitlines()]
 
 
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def without_timing(records):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
 
@@ -44,6 +54,9 @@ def test_run_directory_contract(run):
     out, report = run
     for name in ("best.safetensors", "last.pt", "metrics.jsonl", "report.json", "training_curve.png"):
         assert (out / name).is_file(), name
+        # Results are for others to read too: the usual mode of a new file under this umask.
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~umask(), name
+    assert not (out / "train.lock").exists()
     saved = json.loads((out / "report.json").read_text())
     assert saved["model"] == "mobilenet_v2" and saved["epochs"] == 5
     assert 0 <= saved["top5"] <= 1 and saved["top1"] <= saved["top5"]
@@ -69,11 +82,34 @@ def test_best_weights_carry_what_inference_needs(run):
     assert model.model_kwargs == {"num_classes": 10, "in_chans": 1, "width_mult": 0.35, "small_input": True}
 
 
-def test_resume_mid_epoch_equals_uninterrupted(tmp_path, interrupt_at):
-    cfg = tiny(limit_train=256, limit_val=64, epochs=2, resolution=16)
-    straight = tmp_path / "straight"
-    train(dict(cfg), straight, progress=False)
+# 256 images in batches of 32: 8 steps per epoch.
+RESUMED = dict(limit_train=256, limit_val=64, epochs=2, resolution=16)
 
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The uninterrupted run that interrupted and resumed ones must equal."""
+    out = tmp_path_factory.mktemp("straight")
+    train(tiny(**RESUMED), out, progress=False)
+    return out
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Metrics (but timing), best weights and the whole last state, bit for bit."""
+    assert without_timing(rows(b / "metrics.jsonl")) == without_timing(rows(a / "metrics.jsonl"))
+    wa, wb = load_file(a / "best.safetensors"), load_file(b / "best.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    sa, sb = (torch.load(p / "last.pt", weights_only=True) for p in (a, b))
+    assert sa["state_dict"].keys() == sb["state_dict"].keys()
+    assert all(torch.equal(sa["state_dict"][k], sb["state_dict"][k]) for k in sa["state_dict"])
+    oa, ob = sa["optimizer"]["state"], sb["optimizer"]["state"]
+    assert oa.keys() == ob.keys()
+    assert all(torch.equal(torch.as_tensor(oa[k][n]), torch.as_tensor(ob[k][n])) for k in oa for n in oa[k])
+    assert torch.equal(sa["rng"]["torch"], sb["rng"]["torch"]) and sa["global_step"] == sb["global_step"]
+
+
+def test_resume_mid_epoch_equals_uninterrupted(tmp_path, interrupt_at, straight):
+    cfg = tiny(**RESUMED)
     broken = tmp_path / "broken"
     # 8 steps per epoch: interrupted before epoch 2's third step
     undo = interrupt_at(TensorSplit, 11)
@@ -82,10 +118,34 @@ def test_resume_mid_epoch_equals_uninterrupted(tmp_path, interrupt_at):
     assert (state["epoch"], state["step_in_epoch"]) == (1, 2)
     undo()
     train(dict(cfg, _explicit=[]), broken, resume=str(broken), progress=False)
+    assert_same_run(straight, broken)
 
-    assert without_timing(rows(broken / "metrics.jsonl")) == without_timing(rows(straight / "metrics.jsonl"))
-    a, b = load_file(straight / "best.safetensors"), load_file(broken / "best.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+
+def test_ctrl_c_inside_a_step_checkpoints_the_step_boundary(tmp_path, monkeypatch, straight):
+    """A real SIGINT in the middle of a step (after the forward pass moved the BN statistics):
+    the step finishes, the checkpoint holds its end, and the resumed run equals the straight one."""
+    original, calls = ClassificationTask.train_loss, [0]
+
+    def loss_then_ctrl_c(self, model, batch):
+        out = original(self, model, batch)
+        calls[0] += 1
+        if calls[0] == 11:        # epoch 2, step 3
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+    monkeypatch.setattr(ClassificationTask, "train_loss", loss_then_ctrl_c)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    broken = tmp_path / "broken"
+    result = train(tiny(**RESUMED), broken, progress=False)
+    assert result == {"interrupted": True, "signal": "SIGINT", "epoch": 1, "step_in_epoch": 3}
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+    state = torch.load(broken / "last.pt", weights_only=True)
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 3, 11)
+    # Every BN layer has seen exactly the 11 finished steps' batches.
+    tracked = {v.item() for k, v in state["state_dict"].items() if k.endswith("num_batches_tracked")}
+    assert tracked == {11}
+    monkeypatch.setattr(ClassificationTask, "train_loss", original)
+    train(tiny(**RESUMED, _explicit=[]), broken, resume=str(broken), progress=False)
+    assert_same_run(straight, broken)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
