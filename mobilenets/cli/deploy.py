@@ -139,14 +139,15 @@ def _cmd_predict(args) -> int:
                               "segmentation weights file")
     if args.topk < 1:
         raise MobileNetsError(f"--topk {args.topk}: allowed: integer >= 1")
-    results = Predictor(args.model, topk=args.topk).predict_files(args.images)
+    results = []
+    for file, top in Predictor(args.model, topk=args.topk).predict_each(args.images):
+        results.append((file, top))
+        if not args.json:  # each line as soon as its file is done: a long list shows progress
+            print(f"{file}: error: {top}" if isinstance(top, str) else
+                  f"{file}: " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in top), flush=True)
     if args.json:
         print(json.dumps([{"image": f, "top": r} if isinstance(r, list) else {"image": f, "error": r}
                           for f, r in results]))
-    else:
-        for file, top in results:
-            print(f"{file}: error: {top}" if isinstance(top, str) else
-                  f"{file}: " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in top))
     return 0 if any(isinstance(r, list) for _, r in results) else 1
 
 
@@ -166,18 +167,21 @@ def _predict_task(args) -> int:
             results.append({"image": str(image), **r, "drawn": str(png)})
         except MobileNetsError as e:
             results.append({"image": str(image), "error": str(e).removeprefix(f"{image}: ")})
+        if not args.json:
+            print(_task_line(results[-1]), flush=True)
     if args.json:
         print(json.dumps(results))
-    for r in results if not args.json else ():
-        if "error" in r:
-            print(f"{r['image']}: error: {r['error']}")
-        elif "boxes" in r:
-            found = ", ".join(f"{label} {score:.2f} [{', '.join(f'{v:.0f}' for v in box)}]"
-                              for label, score, box in zip(r["labels"], r["scores"], r["boxes"]))
-            print(f"{r['image']}: {len(r['boxes'])} objects{': ' + found if found else ''} -> {r['drawn']}")
-        else:
-            total = sum(r["pixels"].values())
-            shares = ", ".join(f"{k} {100 * n / total:.1f}%" for k, n in
-                               sorted(r["pixels"].items(), key=lambda kv: -kv[1]))
-            print(f"{r['image']}: {shares} -> {r['drawn']}")
     return 0 if any("error" not in r for r in results) else 1
+
+
+def _task_line(r: dict) -> str:
+    if "error" in r:
+        return f"{r['image']}: error: {r['error']}"
+    if "boxes" in r:
+        found = ", ".join(f"{label} {score:.2f} [{', '.join(f'{v:.0f}' for v in box)}]"
+                          for label, score, box in zip(r["labels"], r["scores"], r["boxes"]))
+        return f"{r['image']}: {len(r['boxes'])} objects{': ' + found if found else ''} -> {r['drawn']}"
+    total = sum(r["pixels"].values())
+    shares = ", ".join(f"{k} {100 * n / total:.1f}%" for k, n in
+                       sorted(r["pixels"].items(), key=lambda kv: -kv[1]))
+    return f"{r['image']}: {shares} -> {r['drawn']}"

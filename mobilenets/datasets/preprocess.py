@@ -6,9 +6,11 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-INTERPOLATIONS = {"bilinear": v2.InterpolationMode.BILINEAR,
-                  "bicubic": v2.InterpolationMode.BICUBIC,
-                  "nearest": v2.InterpolationMode.NEAREST}
+from ..core.errors import MobileNetsError
+from ..models import weights
+
+# The names a weights file may give (checked when it is loaded), as torchvision's modes.
+INTERPOLATIONS = {name: v2.InterpolationMode(name) for name in weights.INTERPOLATIONS}
 
 
 class MatchChannels(torch.nn.Module):
@@ -37,8 +39,11 @@ def transform(pre: dict) -> v2.Compose:
     res = int(pre["resolution"])
     resize = int(pre.get("resize", res))
     steps: list = [MatchChannels(int(pre.get("in_chans", 3)))]
-    steps.append(v2.Resize(resize, interpolation=INTERPOLATIONS[pre.get("interpolation", "bilinear")],
-                           antialias=True))
+    interpolation = pre.get("interpolation", "bilinear")
+    if interpolation not in INTERPOLATIONS:
+        raise MobileNetsError(f"preprocessing interpolation={interpolation!r} is refused; allowed: "
+                              f"one of {', '.join(INTERPOLATIONS)}")
+    steps.append(v2.Resize(resize, interpolation=INTERPOLATIONS[interpolation], antialias=True))
     steps.append(v2.CenterCrop(res))
     steps += [v2.ToDtype(torch.float32, scale=True),
               v2.Normalize(list(pre["mean"]), list(pre["std"]))]

@@ -15,6 +15,11 @@ from .export import (INPUT_NAME, _parse_meta, export_metadata, load_pt2, load_to
                      onnx_metadata, ort_session)
 from .fuse import prepare_for_inference
 from ..models.mobilenet import load_model
+from ..train.checkpoint import CHECKPOINT_FORMAT
+
+# The preprocessing that shapes and normalises a model's input: Predictor needs all of it, and
+# a checkpoint that records only part of it has the rest from the model's defaults.
+INPUT_PREPROCESSING = ("resolution", "in_chans", "mean", "std")
 
 
 class TorchBackend:
@@ -22,7 +27,13 @@ class TorchBackend:
 
     def __init__(self, path: Path, threads: int | None = None):
         model, meta = load_model(path)
+        if meta.get("preprocessing"):
+            cfg = model.pretrained_cfg  # the file's preprocessing over the model's defaults
+            meta = {**meta, "preprocessing": {**{k: cfg[k] for k in INPUT_PREPROCESSING if k in cfg},
+                                              **meta["preprocessing"]}}
         self.meta = export_metadata(model, meta)
+        classifier = getattr(model, "classifier", None)
+        self.num_outputs = classifier.out_features if isinstance(classifier, torch.nn.Linear) else None
         self.model = prepare_for_inference(model)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -42,6 +53,8 @@ class OnnxBackend:
         if inputs[0].name != INPUT_NAME or shape != self.meta["input_shape"]:
             raise MobileNetsError(f"{path}: its graph takes {[i.shape for i in inputs]}, but its "
                                   f"metadata describes {self.meta['model']} on {self.meta['input_shape']}")
+        outputs = self.session.get_outputs()[0].shape
+        self.num_outputs = outputs[-1] if len(outputs) == 2 and isinstance(outputs[-1], int) else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.session.run(None, {INPUT_NAME: x.numpy()})[0])
@@ -61,12 +74,29 @@ class ExportedProgramBackend:
 
 class TorchScriptBackend:
     def __init__(self, path: Path, threads: int | None = None):
-        self.module, text = load_torchscript(path)
+        try:
+            self.module, text = load_torchscript(path)
+        except MobileNetsError as e:
+            if is_training_checkpoint(path):
+                raise MobileNetsError(
+                    f"{path}: a training checkpoint ({CHECKPOINT_FORMAT}: the whole training state), "
+                    f"not an exported model; predict with {path.parent / 'best.safetensors'}, the "
+                    "run's best weights, or an export of them") from e
+            raise
         self.meta = _parse_meta(text, path)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return self.module(x)
+
+
+def is_training_checkpoint(path: Path) -> bool:
+    """Whether `path` is the trainer's last.pt, read as tensors and plain containers only."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # unreadable, a pickle of anything else, not a zip archive: not one
+        return False
+    return isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT
 
 
 BACKENDS = {".safetensors": TorchBackend, ".onnx": OnnxBackend, ".pt2": ExportedProgramBackend,

@@ -121,9 +121,38 @@ def onnx_metadata(path: str | os.PathLike) -> dict:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # onnx raises DecodeError, OSError, ... for a bad file
-        raise MobileNetsError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
+        raise MobileNetsError(f"{path}: not a readable ONNX file ({type(e).__name__})") from e
+    _check_external_data(proto, Path(path))
     props = {p.key: p.value for p in proto.metadata_props}
     return _parse_meta(props.get(METADATA_KEY), path)
+
+
+def _check_external_data(proto, path: Path) -> None:
+    """Refuse tensors whose external data lies outside the model's folder (an absolute path or
+    one climbing out with ..): loading them would read any file the user can."""
+    import onnx
+    folder = path.resolve().parent
+    for tensor in _tensors(proto.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        if not (folder / location).resolve().is_relative_to(folder):
+            raise MobileNetsError(f"{path}: tensor {tensor.name!r} reads external data from "
+                                  f"{location!r}; allowed: files inside {folder}")
+
+
+def _tensors(graph):
+    """Every tensor of an ONNX graph: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _tensors(sub)
 
 
 def _parse_meta(text: str | bytes | None, path) -> dict:

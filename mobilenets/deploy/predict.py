@@ -3,19 +3,28 @@ int8, torch.export .pt2, TorchScript), fed with the preprocessing recorded in th
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
+from PIL import Image
 
-from .backends import BACKENDS
+from .backends import BACKENDS, INPUT_PREPROCESSING
 from ..core.errors import MobileNetsError
 from ..datasets.coco_voc import read_rgb
 from ..datasets.preprocess import transform
 from ..models.mobilenet import load_task_model
 from ..train.metrics import draw_detections, draw_segmentation
-from ..models.weights import task_of
+from ..models.weights import check_metadata, task_of
 from ..datasets.folders import to_mode
+
+# What PIL raises for files that are not images, are cut short or forged (its decoders raise
+# struct.error, IndexError or EOFError on some malformed headers), or declare more pixels than
+# Image.MAX_IMAGE_PIXELS allows (DecompressionBombError, not an OSError).
+UNREADABLE_IMAGE = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error,
+                    Image.DecompressionBombError)
 
 
 class Predictor:
@@ -42,6 +51,8 @@ class Predictor:
         if task:
             raise MobileNetsError(f"{self.path}: a {task} model, not a classifier; use "
                                   "mobilenets.deploy.predict.predict_image (`mobilenets predict FILE IMAGE --out PNG`)")
+        check_metadata(self.meta, self.path, outputs=getattr(self.backend, "num_outputs", None),
+                       required=INPUT_PREPROCESSING)
         pre = self.meta["preprocessing"]
         self.input_shape = [int(pre["in_chans"]), int(pre["resolution"]), int(pre["resolution"])]
         self.classes = self.meta.get("classes")
@@ -64,7 +75,6 @@ class Predictor:
     def _open(self, p: Path):
         """An image file as a PIL image in the model's mode (CMYK, palette, alpha and 16-bit
         images converted as viewers show them); one-line error naming the file otherwise."""
-        from PIL import Image, UnidentifiedImageError
         if not p.is_file():
             raise MobileNetsError(f"{p}: no such image file")
         if p.stat().st_size == 0:
@@ -73,8 +83,10 @@ class Predictor:
             with Image.open(p) as im:
                 im.load()
                 return to_mode(im, self.input_shape[0])
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
-            raise MobileNetsError(f"{p}: cannot be decoded as an image") from None
+        except Image.DecompressionBombError as e:
+            raise MobileNetsError(f"{p}: too many pixels to decode ({e})") from e
+        except UNREADABLE_IMAGE as e:
+            raise MobileNetsError(f"{p}: cannot be decoded as an image") from e
 
     def preprocess(self, images) -> torch.Tensor:
         if isinstance(images, (list, tuple)):
@@ -103,23 +115,35 @@ class Predictor:
         return self.backend(self.preprocess(images))
 
     def __call__(self, images, topk: int | None = None) -> list[list[dict]]:
-        probs = self.logits(images).float().softmax(1)
+        return self._top(self.logits(images), topk)
+
+    def _top(self, logits: torch.Tensor, topk: int | None) -> list[list[dict]]:
+        probs = logits.float().softmax(1)
+        if self.classes and len(self.classes) != probs.shape[1]:
+            raise MobileNetsError(f"{self.path}: metadata classes has {len(self.classes)} names for "
+                                  f"a model with {probs.shape[1]} outputs; allowed: exactly "
+                                  f"{probs.shape[1]} names")
         k = min(topk or self.topk, probs.shape[1])
         p, idx = probs.topk(k, 1)
         return [[{"index": int(i), "label": self.classes[int(i)] if self.classes else str(int(i)),
                   "prob": round(float(q), 6)} for q, i in zip(pr, ix)]
                 for pr, ix in zip(p, idx)]
 
+    def predict_each(self, files, topk: int | None = None) -> Iterator[tuple[str, list | str]]:
+        """(file, top-k or the reason it could not be read) for each file in input order, each
+        as soon as it is predicted. A file that cannot be read is reported and skipped; an
+        error of the model itself ends the iteration."""
+        for f in files:
+            try:
+                x = self.preprocess(str(f))
+            except MobileNetsError as e:
+                yield str(f), str(e).removeprefix(f"{f}: ")
+                continue
+            yield str(f), self._top(self.backend(x), topk)[0]
 
     def predict_files(self, files, topk: int | None = None) -> list[tuple[str, list | str]]:
         """[(file, top-k or the reason it could not be read)] in input order."""
-        results = []
-        for f in files:
-            try:
-                results.append((str(f), self(str(f), topk)[0]))
-            except MobileNetsError as e:
-                results.append((str(f), str(e).removeprefix(f"{f}: ")))
-        return results
+        return list(self.predict_each(files, topk))
 
 
 @torch.no_grad()
@@ -133,8 +157,8 @@ def predict_image(path, image_file, out_png, min_score: float = 0.3) -> dict:
     pre = meta["preprocessing"]
     try:
         image = read_rgb(Path(image_file))
-    except (OSError, ValueError) as e:
-        raise MobileNetsError(f"{image_file}: not a readable image ({e})") from None
+    except UNREADABLE_IMAGE as e:
+        raise MobileNetsError(f"{image_file}: not a readable image ({e})") from e
     h, w = image.shape[-2:]
     res = pre["resolution"]
     x = v2.Compose([v2.Resize((res, res), antialias=True), v2.ToDtype(torch.float32, scale=True),

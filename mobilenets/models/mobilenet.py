@@ -14,7 +14,7 @@ from torch import nn
 from ..core.errors import MobileNetsError
 from .layers import ConvBNAct, InvertedResidual, MultiQueryAttention, make_activation
 from .specs import Arch, AttentionSpec, ConvSpec, build_arch
-from .weights import load_state_into, load_weights, read_metadata, resolve_weights
+from .weights import check_metadata, load_state_into, load_weights, read_metadata, state_mismatch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -180,29 +180,83 @@ def _get(name: str):
     return _REGISTRY[name]
 
 
-def create_model(name: str, pretrained: str | None = None, **kwargs) -> nn.Module:
+def create_model(name: str, pretrained: str | os.PathLike | None = None, **kwargs) -> nn.Module:
     """Build a registered model. `pretrained` is a weights file or an http(s) URL of one (see
     `mobilenets.models.weights`); the options it was saved with (e.g. TF padding) fill in any the name
     and `kwargs` leave open."""
     builder, defaults = _get(name)
-    params = inspect.signature(builder).parameters
+    params = _check_options(name, kwargs)
+    if not pretrained:
+        return _build(name, kwargs)
+    state, meta = load_weights(pretrained)
+    saved = {k: v for k, v in _options_of(meta, defaults.get("family")).items()
+             if k not in defaults and k in params}
+    model = _build_for(name, {**saved, **kwargs}, state, meta, str(pretrained),
+                       from_file=set(saved) - set(kwargs))
+    _apply_weights(model, state, meta, str(pretrained))
+    return model
+
+
+def _check_options(name: str, kwargs: dict, source: str = "") -> set[str]:
+    """The builder's parameters; one line if `kwargs` names others (a builder taking **kwargs
+    takes anything)."""
+    params = inspect.signature(_get(name)[0]).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(kwargs) - set(params))
         if unknown:
-            raise MobileNetsError(
-                f"{name} does not take {', '.join(unknown)}; it takes {', '.join(sorted(params))}")
-    saved = {}
-    if pretrained:
-        pretrained = resolve_weights(pretrained)
-        saved = {k: v for k, v in saved_options(pretrained, defaults.get("family")).items()
-                 if k not in defaults and k in params}
-    options = {**saved, **defaults, **kwargs}
-    model = builder(**options)
+            raise MobileNetsError(f"{source}{name} does not take {', '.join(unknown)}; it takes "
+                                  f"{', '.join(sorted(params))}")
+    return set(params)
+
+
+def _build(name: str, kwargs: dict) -> nn.Module:
+    builder, defaults = _get(name)
+    model = builder(**{**defaults, **kwargs})
     model.model_name = name
-    model.model_kwargs = {**saved, **kwargs}
-    if pretrained:
-        load_pretrained(model, pretrained)
+    model.model_kwargs = dict(kwargs)
     return model
+
+
+def _build_for(name: str, kwargs: dict, state: dict, meta: dict, source: str,
+               from_file: set[str]) -> nn.Module:
+    """Build `name` for a weights file, after checking on the meta device (no memory) that its
+    options make exactly the file's tensor shapes and that its metadata fits that model: a
+    forged num_classes or resolution is refused before it can size an allocation."""
+    label = {k: f"metadata model_kwargs.{k}" if k in from_file else k for k in kwargs}
+    try:
+        with torch.device("meta"):
+            probe = _build(name, kwargs)
+    except MobileNetsError as e:
+        raise MobileNetsError(f"{source}: {e}") from e
+    except (TypeError, ValueError, KeyError, ArithmeticError) as e:  # option values of the wrong type
+        options = ", ".join(f"{label[k]}={v!r}" for k, v in kwargs.items())
+        raise MobileNetsError(f"{source}: cannot build {name} with {options} ({e})") from e
+    own = probe.state_dict()
+    problems = state_mismatch(own, state)
+    if problems:
+        hints = [f"{label.get(key, key)}={state[tensor].shape[dim]} (its {tensor} is "
+                 f"{tuple(state[tensor].shape)})"
+                 for key, tensor, dim in (("num_classes", "classifier.weight", 0),
+                                          ("in_chans", "stem.0.weight", 1))
+                 if tensor in state and tensor in own and state[tensor].ndim == own[tensor].ndim
+                 and state[tensor].shape[dim] != own[tensor].shape[dim]]
+        raise MobileNetsError(f"{source}: does not fit {name}; {problems}"
+                              + (f"; allowed: {', '.join(hints)}" if hints else ""))
+    check_metadata_for(probe, meta, source)
+    return _build(name, kwargs)
+
+
+def check_metadata_for(model: nn.Module, meta: dict, source: str) -> None:
+    """`weights.check_metadata` against what `model` takes and gives: its total stride as the
+    smallest resolution, its input channels, and its class count (task models count
+    background; a feature extractor has none)."""
+    classifier = getattr(model, "classifier", None)
+    outputs = getattr(model, "num_classes", None)
+    if outputs is None and isinstance(classifier, nn.Linear):
+        outputs = classifier.out_features
+    check_metadata(meta, source, min_resolution=getattr(getattr(model, "arch", None), "total_stride", 1),
+                   in_chans=(getattr(model, "pretrained_cfg", None) or {}).get("in_chans"),
+                   outputs=outputs)
 
 
 def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_chans: int = 3,
@@ -307,7 +361,10 @@ def saved_options(path: str | os.PathLike, family: str | None) -> dict:
     from TensorFlow would load into a default-built model and silently compute something else;
     create_model(name, pretrained=...) therefore builds with them.
     """
-    meta = read_metadata(path)
+    return _options_of(read_metadata(path), family)
+
+
+def _options_of(meta: dict, family: str | None) -> dict:
     saved, kwargs = meta.get("model"), meta.get("model_kwargs", {})
     try:
         defaults = model_defaults(saved)
@@ -319,27 +376,47 @@ def saved_options(path: str | os.PathLike, family: str | None) -> dict:
 
 
 def load_pretrained(model: torch.nn.Module, path: str | os.PathLike) -> dict:
-    path = resolve_weights(path)
+    """Load a weights file (or URL) into `model`; its classes and preprocessing, checked against
+    the model, become `model.classes` and `model.pretrained_cfg`. Returns the metadata."""
     state, meta = load_weights(path)
-    load_state_into(model, state, str(path))
+    check_metadata_for(model, meta, str(path))
+    _apply_weights(model, state, meta, str(path))
+    return meta
+
+
+def _apply_weights(model: nn.Module, state: dict, meta: dict, source: str) -> None:
+    load_state_into(model, state, source)
     if "preprocessing" in meta:
         model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **meta["preprocessing"]}
     if "classes" in meta:
         model.classes = meta["classes"]
-    return meta
 
 
 def load_model(path: str | os.PathLike, **overrides) -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model a weights file describes and load it: (model, metadata)."""
-    path = resolve_weights(path)
+    """Rebuild the model a weights file describes and load it: (model, metadata). The metadata's
+    model options are checked against the file's tensors, and its classes and preprocessing
+    against that model, before the model is built."""
     state, meta = load_weights(path)
     if "model" not in meta:
         raise MobileNetsError(f"{path}: has no 'model' in its metadata; pass the model name to "
                               "create_model(name, pretrained=path) instead")
-    model = create_model(meta["model"], **{**meta.get("model_kwargs", {}), **overrides})
-    load_state_into(model, state, str(path))
-    if "preprocessing" in meta:
-        model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **meta["preprocessing"]}
+    name, kwargs = meta["model"], meta.get("model_kwargs", {})
+    if not isinstance(name, str):
+        raise MobileNetsError(f"{path}: metadata model={name!r} is refused; allowed: a registered "
+                              "model name (see `mobilenets models`)")
+    if not isinstance(kwargs, dict) or "pretrained" in kwargs:
+        # a weights file that named other weights would have loading fetch any path or URL
+        what = "names pretrained" if isinstance(kwargs, dict) else f"is {type(kwargs).__name__}"
+        raise MobileNetsError(f"{path}: metadata model_kwargs {what}; allowed: a JSON object of "
+                              f"{name}'s options other than pretrained")
+    try:
+        _get(name)
+    except MobileNetsError as e:
+        raise MobileNetsError(f"{path}: metadata model: {e}") from e
+    kwargs = {**kwargs, **overrides}
+    _check_options(name, kwargs, f"{path}: metadata model_kwargs: ")
+    model = _build_for(name, kwargs, state, meta, str(path), from_file=set(kwargs) - set(overrides))
+    _apply_weights(model, state, meta, str(path))
     model.classes = meta.get("classes")
     return model, meta
 

@@ -10,17 +10,25 @@ Any further keys (e.g. "source", "top1") are kept as given.
 
 Training checkpoints (.pth/.pt) are read too, but only through `torch.load(weights_only=True)`:
 tensors and plain containers, never arbitrary pickled objects. Weights named by an http(s) URL
-are downloaded once into a cache directory, the way torch.hub does.
+are downloaded once into a cache directory, the way torch.hub does, under a name that carries a
+hash of the whole URL.
+
+Metadata is input like any other: `check_metadata` holds classes and preprocessing to what the
+model's tensors and sane sizes allow before anything is sized by them.
 """
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
+import math
 import os
 import pickle
 import re
+import shutil
 import urllib.error
 import urllib.parse
+import urllib.request
 from importlib import resources
 from pathlib import Path
 
@@ -34,6 +42,17 @@ from ..core.io import atomic_path
 FORMAT = "mobilenets/1"
 # Where a training checkpoint keeps its state dict, if not at the top level.
 CHECKPOINT_STATE_KEYS = ("state_dict", "model", "model_state", "state_dict_ema")
+# Seconds a download may wait for the server (to connect, or for its next bytes).
+DOWNLOAD_TIMEOUT_S = 60
+# Hex digits of the URL's SHA-256 in a cached file's name: enough that two URLs never meet.
+URL_HASH_CHARS = 12
+# The largest input side metadata may ask for: 4096² RGB is 200 MB as float32, well past any
+# MobileNet's use, and far below what a forged value (10**7: 10**14 bytes) would allocate.
+MAX_RESOLUTION = 4096
+# Channels an exported file's preprocessing may name when no model tensor says how many.
+MAX_IN_CHANS = 16
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+PREPROCESSING_KEYS = ("resolution", "resize", "mean", "std", "in_chans", "interpolation")
 
 
 def save_weights(path: str | os.PathLike, model: torch.nn.Module, metadata: dict | None = None) -> None:
@@ -51,10 +70,29 @@ def write_weights(path: str | os.PathLike, state: dict[str, torch.Tensor], metad
         save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
 
 
-def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state dict, metadata) of a safetensors file or a torch checkpoint; one-line error if the
-    file is neither, is cut short, or is a pickle that needs more than tensors to load."""
-    path = Path(path)
+def load_weights(ref: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state dict, metadata) of a safetensors file or a torch checkpoint, or of the cached
+    download of an http(s) URL; one-line error if the file is neither, is cut short, or is a
+    pickle that needs more than tensors to load."""
+    if not is_url(ref):
+        return _read_weights(Path(ref))
+    path = resolve_weights(ref)
+    try:
+        return _read_weights(path)
+    except MobileNetsError as e:
+        # Downloads are checked before they enter the cache, so this copy was damaged since:
+        # fetch it once more rather than send the user to find the cache.
+        reason = str(e).removeprefix(f"{path}: ")
+        path.unlink(missing_ok=True)
+        try:
+            path = resolve_weights(ref)
+        except MobileNetsError as again:
+            raise MobileNetsError(f"{again}; its cached copy {path} was unreadable ({reason}) "
+                                  "and was deleted") from e
+        return _read_weights(path)
+
+
+def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     if not path.is_file():
         raise MobileNetsError(f"{path}: no such file")
     with open(path, "rb") as f:
@@ -69,7 +107,7 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
             raw = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise MobileNetsError(f"{path}: not a safetensors file nor a torch checkpoint "
-                              f"({str(e).splitlines()[0]})") from None
+                              f"({str(e).splitlines()[0]})") from e
     return state, _decode_metadata(raw)
 
 
@@ -80,15 +118,21 @@ def read_torch_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tens
     checkpoint's "metadata" entry if it has one.
     """
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # An open file, not the path: torch.load reads any path named *.safetensors as
+        # safetensors, which would answer a renamed pickle with safetensors' own exception.
+        with open(path, "rb") as f:
+            obj = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+)", str(e))
-        what = f"it would import {found.group(1)}" if found else str(e).splitlines()[0]
+        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
+        what = (f"it would import {found.group(1)}" if found else detail.group(1) if detail
+                else str(e).splitlines()[0])
         raise MobileNetsError(f"{path}: refused to unpickle: {what}; only tensors and plain "
-                              "containers are loaded (torch.load weights_only=True)") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+                              "containers are loaded (torch.load weights_only=True)") from e
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError,
+            IndexError) as e:  # what torch's readers raise for damaged archives and pickles
         raise MobileNetsError(f"{path}: not a readable torch checkpoint, truncated or corrupt "
-                              f"({str(e).splitlines()[0][:120]})") from None
+                              f"({(str(e).splitlines() or [type(e).__name__])[0][:120]})") from e
     meta = obj.get("metadata", {}) if isinstance(obj, dict) else {}
     if isinstance(obj, dict) and not _is_state(obj):
         obj = next((obj[k] for k in CHECKPOINT_STATE_KEYS if _is_state(obj.get(k))), None)
@@ -116,27 +160,53 @@ def cache_dir() -> Path:
     return Path(env) if env else Path(torch.hub.get_dir()) / "mobilenets"
 
 
+def is_url(ref) -> bool:
+    return str(ref).startswith(("http://", "https://"))
+
+
+def cached_name(url: str) -> str:
+    """The cache's file name for `url`: the URL's file name with a hash of the whole URL before
+    its suffix (torch.hub's `name-hash.ext`), so that two URLs ending in the same name never
+    share a copy. Characters outside [A-Za-z0-9._-] become '_'."""
+    name = Path(urllib.parse.urlparse(url).path).name
+    if not name:
+        raise MobileNetsError(f"{url}: the URL names no file; expected e.g. https://host/v2.safetensors")
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "weights"
+    digest = hashlib.sha256(url.encode()).hexdigest()[:URL_HASH_CHARS]
+    stem, suffix = os.path.splitext(name)
+    return f"{stem}-{digest}{suffix}"
+
+
 def resolve_weights(ref: str | os.PathLike) -> Path:
     """A local path for `ref`: the path itself, or the cached download of an http(s) URL."""
-    text = str(ref)
-    if not text.startswith(("http://", "https://")):
+    if not is_url(ref):
         return Path(ref)
-    name = Path(urllib.parse.urlparse(text).path).name
-    if not name:
-        raise MobileNetsError(f"{text}: the URL names no file; expected e.g. https://host/v2.safetensors")
-    dest = cache_dir() / name
+    url = str(ref)
+    dest = cache_dir() / cached_name(url)
     if dest.is_file():
         return dest
     with atomic_path(dest) as tmp:
+        _download(url, tmp)
         try:
-            torch.hub.download_url_to_file(text, str(tmp), progress=False)
-        except urllib.error.HTTPError as e:
-            raise MobileNetsError(f"{text}: cannot download (HTTP {e.code} {e.reason})") from None
-        except (OSError, http.client.HTTPException, ValueError) as e:
-            reason = getattr(e, "reason", None) or e
-            raise MobileNetsError(f"{text}: cannot download ({str(reason).splitlines()[0]})") from None
-        load_weights(tmp)  # a page that is not weights never enters the cache
+            _read_weights(tmp)  # a page that is not weights never enters the cache
+        except MobileNetsError as e:
+            raise MobileNetsError(f"{url}: {str(e).removeprefix(f'{tmp}: ')}") from e
     return dest
+
+
+def _download(url: str, dest: Path) -> None:
+    request = urllib.request.Request(url, headers={"User-Agent": "mobilenets"})
+    try:
+        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response, \
+                open(dest, "wb") as f:
+            shutil.copyfileobj(response, f)
+    except urllib.error.HTTPError as e:
+        raise MobileNetsError(f"{url}: cannot download (HTTP {e.code} {e.reason})") from e
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        text = (f"no answer within {DOWNLOAD_TIMEOUT_S} s" if isinstance(reason, TimeoutError)
+                else (str(reason).splitlines() or [type(reason).__name__])[0])
+        raise MobileNetsError(f"{url}: cannot download ({text})") from e
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
@@ -156,25 +226,98 @@ def _decode_metadata(raw: dict) -> dict:
     for k, v in raw.items():
         try:
             meta[k] = json.loads(v)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # not JSON, or nested past Python's stack
             meta[k] = v
     return meta
 
 
+def check_metadata(meta: dict, source, min_resolution: int = 1, in_chans: int | None = None,
+                   outputs: int | None = None, required: tuple[str, ...] = ()) -> None:
+    """Refuse `classes` and `preprocessing` that the model cannot use, before they size anything.
+
+    `classes`: a list of `outputs` names. `preprocessing` (the keys it has, and the `required`
+    ones): resolution an integer in [min_resolution, MAX_RESOLUTION] (the smallest input is the
+    network's total stride), resize in [resolution, 2 × resolution], in_chans the model's (or at
+    most MAX_IN_CHANS), mean and std in_chans finite numbers (std > 0), interpolation one of
+    INTERPOLATIONS. One line naming `source`, the key and what is allowed.
+    """
+    classes = meta.get("classes")
+    if classes is not None:
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise MobileNetsError(f"{source}: metadata classes={_short(classes)} is not a list of "
+                                  "names; allowed: a JSON list of strings")
+        if outputs is not None and len(classes) != outputs:
+            raise MobileNetsError(f"{source}: metadata classes has {len(classes)} names for a model "
+                                  f"with {outputs} outputs; allowed: exactly {outputs} names")
+    pre = meta.get("preprocessing", {} if not required else None)
+    if not isinstance(pre, dict):
+        raise MobileNetsError(f"{source}: metadata preprocessing={_short(pre)} is not a JSON object; "
+                              f"allowed: an object with {', '.join(required or PREPROCESSING_KEYS)}")
+    missing = [k for k in required if k not in pre]
+    if missing:
+        raise MobileNetsError(f"{source}: metadata preprocessing has no {', '.join(missing)}; "
+                              f"allowed: an object with {', '.join(required)}")
+
+    def refuse(key: str, allowed: str) -> MobileNetsError:
+        return MobileNetsError(f"{source}: metadata preprocessing.{key}={_short(pre[key])} is "
+                               f"refused; allowed: {allowed}")
+
+    resolution = pre.get("resolution")
+    if "resolution" in pre and not _int_in(resolution, min_resolution, MAX_RESOLUTION):
+        raise refuse("resolution", f"an integer in [{min_resolution}, {MAX_RESOLUTION}]")
+    if "resize" in pre:
+        low, high = (resolution, 2 * resolution) if resolution else (min_resolution, 2 * MAX_RESOLUTION)
+        if not _int_in(pre["resize"], low, high):
+            raise refuse("resize", f"an integer in [{low}, {high}] (resolution to 2 × resolution)")
+    chans = pre.get("in_chans", in_chans)
+    if "in_chans" in pre:
+        low, high = (in_chans, in_chans) if in_chans is not None else (1, MAX_IN_CHANS)
+        if not _int_in(chans, low, high):
+            raise refuse("in_chans", f"{in_chans}, the model's input channels" if in_chans is not None
+                         else f"an integer in [1, {MAX_IN_CHANS}]")
+    for key in ("mean", "std"):
+        values = pre.get(key)
+        fits = (isinstance(values, (list, tuple)) and (chans is None or len(values) == chans)
+                and all(_is_finite(v) and (key == "mean" or v > 0) for v in values))
+        if key in pre and not fits:
+            raise refuse(key, f"a list of {chans or 'in_chans'} finite numbers"
+                              + (" above 0" if key == "std" else ""))
+    if "interpolation" in pre and pre["interpolation"] not in INTERPOLATIONS:
+        raise refuse("interpolation", f"one of {', '.join(INTERPOLATIONS)}")
+
+
+def _int_in(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _is_finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load strictly; on mismatch one line naming the first missing, unexpected, misshaped keys."""
-    own = model.state_dict()
+    problems = state_mismatch(model.state_dict(), state)
+    if problems:
+        raise MobileNetsError(f"{source}: does not fit {getattr(model, 'model_name', 'the model')}; "
+                              + problems)
+    model.load_state_dict(state)
+
+
+def state_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str:
+    """'' if `state` has exactly `own`'s names and shapes (which may be meta tensors), else the
+    first missing, unexpected and misshaped names ('file shape vs model shape')."""
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shaped = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
               for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shaped:
-        parts = [f"{label}: {', '.join(items[:3])}{' …' if len(items) > 3 else ''} ({len(items)})"
-                 for label, items in (("missing", missing), ("unexpected", unexpected),
-                                      ("wrong shape", shaped)) if items]
-        raise MobileNetsError(f"{source}: does not fit {getattr(model, 'model_name', 'the model')}; "
-                              + "; ".join(parts))
-    model.load_state_dict(state)
+    return "; ".join(f"{label}: {', '.join(items[:3])}{' …' if len(items) > 3 else ''} ({len(items)})"
+                     for label, items in (("missing", missing), ("unexpected", unexpected),
+                                          ("wrong shape", shaped)) if items)
 
 
 BACKBONE_MODULES = ("stem", "blocks", "last_conv")
@@ -186,7 +329,6 @@ def load_backbone(model: torch.nn.Module, path: str | os.PathLike) -> dict:
     weights into a task model, as torchvision's `weights_backbone`). Returns {"loaded",
     "backbone_tensors", "skipped"}: what was copied, how many backbone tensors `model` has, and
     the names whose shapes differ (e.g. a stem for another number of input channels)."""
-    path = resolve_weights(path)
     state, _ = load_weights(path)
     own = model.state_dict()
     # BN's step counters are scalars that fit anything and carry nothing across

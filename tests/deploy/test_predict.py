@@ -150,3 +150,192 @@ def test_predict_cli_one_line_per_file(trained, tmp_path, capsys):
     assert lines[1] == f"{broken}: error: cannot be decoded as an image"
     assert lines[2] == f"{tmp_path / 'absent.jpg'}: error: no such image file"
     assert main(["predict", str(ckpt), str(broken)]) == 1
+
+
+# -- hostile inputs ----------------------------------------------------------------------------
+
+def forge_export(src, dst, **preprocessing_or_classes):
+    """A copy of a TorchScript export whose mobilenets.json has the given entries changed."""
+    import json
+    extra = {"mobilenets.json": ""}
+    module = torch.jit.load(str(src), _extra_files=extra)
+    meta = json.loads(extra["mobilenets.json"])
+    for key, value in preprocessing_or_classes.items():
+        if key == "classes":
+            meta["classes"] = value
+        else:
+            meta["preprocessing"][key] = value
+    torch.jit.save(module, str(dst), _extra_files={"mobilenets.json": json.dumps(meta)})
+    return dst
+
+
+def test_forged_export_metadata_is_refused(files, tmp_path):
+    _, _, paths = files
+    images, _ = fmnist_test_images(1)
+    huge = forge_export(paths["torchscript"], tmp_path / "huge.ts", resolution=10**7)
+    with pytest.raises(MobileNetsError, match=r"huge.ts: metadata preprocessing.resolution=10000000 "
+                                              r"is refused; allowed: an integer in \[1, 4096\]"):
+        Predictor(huge)
+    odd = forge_export(paths["torchscript"], tmp_path / "odd.ts", interpolation="lanczos")
+    with pytest.raises(MobileNetsError, match="odd.ts: metadata preprocessing.interpolation='lanczos'"):
+        Predictor(odd)
+    # TorchScript cannot say how many outputs it has without running: the first batch tells.
+    short = forge_export(paths["torchscript"], tmp_path / "short.ts", classes=["a", "b"])
+    with pytest.raises(MobileNetsError, match=r"short.ts: metadata classes has 2 names for a model "
+                                              r"with 10 outputs; allowed: exactly 10 names"):
+        Predictor(short)(images)
+
+
+def test_onnx_with_fewer_classes_than_outputs_is_refused_on_load(files, tmp_path):
+    import json
+    import onnx
+    _, _, paths = files
+    proto = onnx.load(str(paths["onnx"]))
+    meta = json.loads(proto.metadata_props[0].value)
+    meta["classes"] = meta["classes"][:3]
+    proto.metadata_props[0].value = json.dumps(meta)
+    onnx.save(proto, str(tmp_path / "short.onnx"))
+    with pytest.raises(MobileNetsError, match="short.onnx: metadata classes has 3 names for a model "
+                                              "with 10 outputs"):
+        Predictor(tmp_path / "short.onnx")
+
+
+def bomb_png(path, side=30000):
+    """A PNG whose header declares side × side pixels; PIL refuses it from the header alone,
+    as it would a real bomb (~side² bytes of zeros compressed to a few hundred kB)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)   # 8-bit grey
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(b"\0" * (side + 1))) + chunk(b"IEND", b""))
+    return path
+
+
+def test_decompression_bomb_is_one_file_error(files, tmp_path, capsys):
+    _, _, paths = files
+    images, _ = fmnist_test_images(2)
+    good = [tmp_path / "0.png", tmp_path / "1.png"]
+    for img, f in zip(images, good):
+        write_png(img, str(f))
+    bomb = bomb_png(tmp_path / "bomb.png")
+    assert main(["predict", str(paths["onnx"]), str(good[0]), str(bomb), str(good[1])]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith(f"{good[0]}: ") and lines[2].startswith(f"{good[1]}: ")
+    # PIL's message names the declared size: 30000² pixels
+    assert lines[1].startswith(f"{bomb}: error: too many pixels to decode (Image size ({30000 ** 2} ")
+    with pytest.raises(MobileNetsError, match="bomb.png: too many pixels"):
+        Predictor(paths["onnx"])(str(bomb))
+
+
+def test_predict_prints_each_file_as_it_is_done(files, tmp_path, capsys, monkeypatch):
+    _, _, paths = files
+    images, _ = fmnist_test_images(2)
+    for i, img in enumerate(images):
+        write_png(img, str(tmp_path / f"{i}.png"))
+    top, calls = Predictor._top, []
+
+    def fails_second(self, logits, topk):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the second forward pass failed")
+        return top(self, logits, topk)
+    monkeypatch.setattr(Predictor, "_top", fails_second)
+    with pytest.raises(RuntimeError, match="second forward"):
+        main(["predict", str(paths["onnx"]), str(tmp_path / "0.png"), str(tmp_path / "1.png")])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{tmp_path / '0.png'}: ")
+
+
+def test_pickle_named_safetensors_is_refused_in_one_line(tmp_path, capsys):
+    import os
+    marker = tmp_path / "code-ran"
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+    evil = tmp_path / "model.safetensors"
+    torch.save({"payload": RunsCode()}, evil)
+    assert main(["predict", str(evil), str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"mobilenets: error: {evil}: refused to unpickle: it would import ")
+    assert not marker.exists()
+
+
+def onnx_with_external_tensor(path, location):
+    """A MatMul graph whose weight is read from `location` (external data)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    w = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "16")):
+        entry = w.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph([helper.make_node("MatMul", ["images", "w"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2])], [w])
+    onnx.save(helper.make_model(graph), str(path))
+    return path
+
+
+@pytest.mark.parametrize("where", ["../secret.bin", "absolute"])
+def test_onnx_external_data_outside_its_folder_is_refused(tmp_path, where):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"\0" * 16)
+    (tmp_path / "models").mkdir()
+    location = str(secret) if where == "absolute" else where
+    path = onnx_with_external_tensor(tmp_path / "models" / "m.onnx", location)
+    with pytest.raises(MobileNetsError) as e:
+        Predictor(path)
+    assert str(e.value) == (f"{path}: tensor 'w' reads external data from {location!r}; allowed: "
+                            f"files inside {(tmp_path / 'models').resolve()}")
+
+
+def test_onnx_external_data_inside_its_folder_still_loads(files, tmp_path):
+    import onnx
+    _, _, paths = files
+    proto = onnx.load(str(paths["onnx"]))
+    (tmp_path / "ext").mkdir()
+    onnx.save(proto, str(tmp_path / "ext" / "v2.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="v2.onnx.data", size_threshold=1024)
+    assert (tmp_path / "ext" / "v2.onnx.data").stat().st_size > 0
+    images, _ = fmnist_test_images(4)
+    got = Predictor(tmp_path / "ext" / "v2.onnx")(images)
+    want = Predictor(paths["onnx"])(images)
+    assert [r[0]["index"] for r in got] == [r[0]["index"] for r in want]
+
+
+def test_training_checkpoint_points_to_the_best_weights(trained, capsys):
+    ckpt, files, _, _ = trained
+    last = ckpt.parent / "last.pt"
+    with pytest.raises(MobileNetsError) as e:
+        Predictor(last)
+    msg = str(e.value)
+    assert msg.startswith(f"{last}: a training checkpoint (mobilenets-train/1") and str(ckpt) in msg
+    assert main(["predict", str(last), str(files[0])]) == 2
+    assert "a training checkpoint" in capsys.readouterr().err
+
+
+def test_checkpoint_with_part_of_its_preprocessing(tmp_path, one_thread):
+    """A file that records only some preprocessing keys has the rest from the model's defaults
+    (3 input channels here) instead of failing on the missing key."""
+    import mobilenets
+    from mobilenets.models.weights import save_weights
+    torch.manual_seed(0)
+    model = mobilenets.create_model("mobilenet_v2", width_mult=0.35, num_classes=4).eval()
+    model.classifier.reset_parameters()   # logits that differ, not N(0, 0.01) noise
+    path = tmp_path / "partial.safetensors"
+    save_weights(path, model, {"preprocessing": {"resolution": 64, "mean": [0.5] * 3, "std": [0.5] * 3}})
+    p = Predictor(path, topk=1)
+    assert p.input_shape == [3, 64, 64]
+    image = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(((image.float() / 255 - 0.5) / 0.5)[None])
+    assert torch.allclose(p.logits(image), want, rtol=1e-4, atol=1e-4)

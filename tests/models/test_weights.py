@@ -2,7 +2,10 @@
 one-line errors for files that are not weights, are cut short, or would run code."""
 import functools
 import http.server
+import pickle
+import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ import torch
 
 from mobilenets import create_model
 from mobilenets.core.errors import MobileNetsError
+from mobilenets.models import weights
 from mobilenets.models.weights import (imagenet_classes, load_backbone, load_weights, resolve_weights, save_weights)
 from mobilenets.models.mobilenet import load_model
 
@@ -122,15 +126,33 @@ class RunsCode:
         return (Path.touch, (self.marker,))
 
 
-def test_pickle_that_runs_code_is_refused(tmp_path):
+@pytest.mark.parametrize("name", ["evil.pth", "evil.safetensors"])
+@pytest.mark.parametrize("writer", ["torch.save", "pickle"])
+def test_pickle_that_runs_code_is_refused(tmp_path, name, writer):
+    # Renamed to .safetensors it must meet the same refusal: torch.load reads a *path* with that
+    # suffix as safetensors and would answer with safetensors' own exception.
     marker = tmp_path / "code-ran"
-    path = tmp_path / "evil.pth"
-    torch.save({"stem.0.weight": torch.zeros(1), "payload": RunsCode(marker)}, path)
-    with pytest.raises(MobileNetsError) as e:
-        create_model("mobilenet_v2", pretrained=path)
-    msg = one_line_error(e)
-    assert msg.startswith(f"{path}: refused to unpickle: it would import ")
+    path = tmp_path / name
+    payload = {"stem.0.weight": torch.zeros(1), "payload": RunsCode(marker)}
+    if writer == "torch.save":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload, protocol=2))
+    for load in (load_weights, lambda p: create_model("mobilenet_v2", pretrained=p), load_model):
+        with pytest.raises(MobileNetsError) as e:
+            load(path)
+        msg = one_line_error(e)
+        assert msg.startswith(f"{path}: refused to unpickle: it would import ")
     assert not marker.exists()
+
+
+def test_pickle_of_plain_data_renamed_safetensors(tmp_path):
+    # Newer pickle protocols fail on an opcode rather than on a global: still the one refusal.
+    path = tmp_path / "data.safetensors"
+    path.write_bytes(pickle.dumps({"weights": [1.0, 2.0]}, protocol=5))
+    with pytest.raises(MobileNetsError) as e:
+        load_weights(path)
+    assert one_line_error(e).startswith(f"{path}: refused to unpickle: ")
 
 
 @pytest.mark.parametrize("kind", ["safetensors", "pth"])
@@ -192,9 +214,63 @@ def test_url_download_is_cached(tmp_path, monkeypatch, saved, server):
     loaded = create_model("mobilenet_v2", pretrained=f"{base}/v2.safetensors", width_mult=0.35,
                           num_classes=10)
     assert torch.equal(logits(loaded), logits(model))
-    assert sorted(p.name for p in cache.iterdir()) == ["v2.safetensors"]
+    [cached] = cache.iterdir()
+    assert cached.name.startswith("v2") and cached.suffix == ".safetensors"
+    assert cached.read_bytes() == path.read_bytes()
     (root / "v2.safetensors").unlink()  # served once: the second use reads the cache
-    assert resolve_weights(f"{base}/v2.safetensors") == cache / "v2.safetensors"
+    assert resolve_weights(f"{base}/v2.safetensors") == cached
+    assert torch.equal(logits(load_model(f"{base}/v2.safetensors")[0]), logits(model))
+
+
+def test_two_urls_ending_in_the_same_name_are_two_downloads(tmp_path, monkeypatch, server):
+    root, base = server
+    monkeypatch.setenv("MOBILENETS_CACHE", str(tmp_path / "cache"))
+    models = {}
+    for folder, seed in (("a", 1), ("b", 2)):
+        torch.manual_seed(seed)
+        models[folder] = create_model("mobilenet_v2", width_mult=0.35, num_classes=10).eval()
+        (root / folder).mkdir()
+        save_weights(root / folder / "model.safetensors", models[folder])
+    assert not torch.equal(logits(models["a"]), logits(models["b"]))
+    for folder in ("a", "b", "a"):
+        loaded, _ = load_model(f"{base}/{folder}/model.safetensors")
+        assert torch.equal(logits(loaded), logits(models[folder])), folder
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_damaged_cached_copy_is_downloaded_again(tmp_path, monkeypatch, saved, server):
+    model, path = saved
+    root, base = server
+    monkeypatch.setenv("MOBILENETS_CACHE", str(tmp_path / "cache"))
+    url = f"{base}/v2.safetensors"
+    (root / "v2.safetensors").write_bytes(path.read_bytes())
+    cached = resolve_weights(url)
+    cached.write_bytes(path.read_bytes()[:1000])           # a disk error, an interrupted copy
+    loaded, _ = load_model(url)
+    assert torch.equal(logits(loaded), logits(model)) and cached.read_bytes() == path.read_bytes()
+    # Damaged again and no longer served: the error names the URL and the copy it deleted.
+    cached.write_bytes(b"\0" * 100)
+    (root / "v2.safetensors").unlink()
+    with pytest.raises(MobileNetsError) as e:
+        load_model(url)
+    msg = one_line_error(e)
+    assert msg.startswith(f"{url}: cannot download (HTTP 404") and f"cached copy {cached}" in msg
+    assert not cached.exists()
+
+
+def test_download_times_out(tmp_path, monkeypatch):
+    # A server that accepts the connection and never answers.
+    monkeypatch.setenv("MOBILENETS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(weights, "DOWNLOAD_TIMEOUT_S", 0.5)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/v2.safetensors"
+        start = time.monotonic()
+        with pytest.raises(MobileNetsError) as e:
+            resolve_weights(url)
+        assert time.monotonic() - start < 10
+    assert one_line_error(e) == f"{url}: cannot download (no answer within 0.5 s)"
 
 
 def test_url_that_is_not_weights_leaves_nothing(tmp_path, monkeypatch, server):
@@ -204,7 +280,9 @@ def test_url_that_is_not_weights_leaves_nothing(tmp_path, monkeypatch, server):
     (root / "page.safetensors").write_text("<html>login required</html>")
     with pytest.raises(MobileNetsError) as e:
         resolve_weights(f"{base}/page.safetensors")
-    assert "not a safetensors file" in one_line_error(e)
+    msg = one_line_error(e)
+    # named by its URL, not by the temporary file it was downloaded to
+    assert msg.startswith(f"{base}/page.safetensors: not a safetensors file") and ".tmp" not in msg
     with pytest.raises(MobileNetsError) as e:
         resolve_weights(f"{base}/missing.safetensors")
     assert "cannot download" in one_line_error(e) and "404" in str(e.value)
