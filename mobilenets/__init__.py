@@ -6,10 +6,11 @@ imports only from the ones before it.
 """
 from .core.errors import MobileNetsError
 from .core.runtime import tune_allocator
+from .deploy.fuse import prepare_for_inference as fuse
 from .models import MobileNet, create_model, list_models, load_model, profile, register_model
 
-__all__ = ["MobileNet", "MobileNetsError", "Predictor", "create_model", "list_models", "load_model",
-           "profile", "register_model", "tune_allocator"]
+__all__ = ["MobileNet", "MobileNetsError", "Predictor", "create_model", "fuse", "list_models",
+           "load_model", "profile", "register_model", "tune_allocator"]
 __version__ = "0.1.0"
 
 

@@ -35,9 +35,9 @@ def test_ssdlite_v2_coco_91_count():
     assert round(r["madds"] / 1e9, 1) == 0.8
     names = [layer["name"] for layer in r["layers"]]
     # the first prediction layers see the 576-channel expansion of V2's 15th layer at 20×20
-    first = r["layers"][names.index("cls_heads.0.0.0")]
+    first = r["layers"][names.index("cls_heads.0.0.conv")]
     assert first["input_shape"] == [576, 20, 20] and first["kind"] == "depthwise"
-    assert all(r["layers"][names.index(f"{h}.{i}.0.0")]["kind"] == "depthwise"
+    assert all(r["layers"][names.index(f"{h}.{i}.0.conv")]["kind"] == "depthwise"
                for h in ("box_heads", "cls_heads") for i in range(6))
 
 
@@ -71,9 +71,11 @@ def test_ssdlite_forward_small():
     assert anchors.shape[0] == sum(h * w * a for (h, w), a in zip(sizes, anchors_per_cell(6)))
     feats = model.features(x)
     assert [tuple(f.shape[-2:]) for f in feats] == sizes
-    # the first map is the split block's expansion output
+    # the first map is the expansion output of the block that strides from 16 to 32: V2 Table 2's
+    # rows (n, s) = (1,1) (2,2) (3,2) (4,2) (3,1) (3,2) (1,1) make that block 1+2+3+4+3 = 13
+    assert model.backbone.feature_info[0]["module"] == "blocks.13.expand"
     seen = {}
-    model.blocks[model.split].expand.register_forward_hook(lambda m, i, o: seen.setdefault("x", o))
+    model.backbone.blocks[13].expand.register_forward_hook(lambda m, i, o: seen.setdefault("x", o))
     model.features(x)
     torch.testing.assert_close(seen["x"], feats[0])
     dets = model.detect(x)
