@@ -210,6 +210,7 @@ def save_keras(model, path):
         model.save(str(path))  # legacy HDF5 layout: layer_names / weight_names attributes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls,kwargs,ours,ours_kwargs,suffix", KERAS_CASES)
 def test_keras(tmp_path, images, cls, kwargs, ours, ours_kwargs, suffix):
     source = keras_model(cls, kwargs)
@@ -220,6 +221,7 @@ def test_keras(tmp_path, images, cls, kwargs, ours, ours_kwargs, suffix):
     assert_same(keras_logits(source, images), model, images)
 
 
+@pytest.mark.slow
 def test_keras_weights_need_tf_padding(tmp_path, images):
     """The check above can fail: the same weights with PyTorch padding are measurably off."""
     source = keras_model("MobileNetV2", {"alpha": 0.5})
@@ -244,6 +246,7 @@ def keras2_name(name: str) -> str:
     return f"{m[1]}/{m[2]}" + ("/BatchNorm" if m[3] else "")
 
 
+@pytest.mark.slow
 def test_keras2_application_file_layout(tmp_path, images):
     """The files Keras applications download (Keras 2 era): weights only, layer_names at the
     root, "/" in layer names, weight names such as "Conv/BatchNorm/gamma:0"."""
@@ -278,6 +281,7 @@ def test_keras2_layer_names_read_like_keras3():
 
 # --- the written file and the verb ------------------------------------------------------------
 
+@pytest.mark.slow
 def test_convert_file_metadata_and_reload(tmp_path, images):
     source = keras_model("MobileNetV3Small", {"alpha": 0.75})
     src = tmp_path / "small.h5"

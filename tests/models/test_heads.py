@@ -48,6 +48,7 @@ def test_deeplab_matches_table7_params():
     assert round(r["params"] / 1e6, 2) == 2.11
 
 
+@pytest.mark.slow
 def test_deeplab_matches_table7_madds():
     aspp16 = create_model("deeplabv3_mobilenet_v2", output_stride=16, aspp=True)
     plain16 = create_model("deeplabv3_mobilenet_v2", output_stride=16, aspp=False)

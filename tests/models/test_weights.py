@@ -240,6 +240,7 @@ def test_act_option():
         create_model("mobilenet_v2", act="gelu")
 
 
+@pytest.mark.slow
 def test_safetensors_whose_header_length_starts_with_0x80(tmp_path):
     # The first byte of the header length is the pickle magic by chance; the file must still be
     # read as safetensors, metadata included.
