@@ -194,9 +194,8 @@ class LRASPP(nn.Module):
         super().__init__()
         _check_classes(num_classes, 1)
         extra = dict(minimalistic=True) if minimalistic else {}
-        # The deepest level at stride 8 (the last block there) and the last 1×1 conv's output.
-        levels = feature_levels(build_arch(backbone, width_mult, output_stride=output_stride, **extra),
-                                keep_last_conv=True)
+        # The last block at stride 8 and the last 1×1 conv's output (one level past the blocks').
+        levels = feature_levels(build_arch(backbone, width_mult, output_stride=output_stride, **extra))
         low = max(i for i, info in enumerate(levels) if info["reduction"] == 8)
         self.backbone = mobilenet(backbone, width_mult, in_chans=in_chans,
                                   output_stride=output_stride, features_only=True,

@@ -43,8 +43,7 @@ def feature_levels(arch: Arch, feature_location: str = "bottleneck",
     levels = []
     for i in arch.feature_levels:
         if feature_location == "expansion" and i < last:
-            nxt = arch.blocks[i]
-            levels.append(dict(module=f"blocks.{i}.expand", num_chs=nxt.expand_ch,
+            levels.append(dict(module=f"blocks.{i}.expand", num_chs=arch.blocks[i].expand_ch,
                                reduction=strides[i], index=i + 1))
         else:
             levels.append(dict(module="stem" if i == 0 else f"blocks.{i - 1}",
@@ -145,7 +144,7 @@ class MobileNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def forward_levels(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The maps of `feature_info`'s levels, shallow to deep."""
+        """The maps of `feature_info`'s levels, in its order."""
         maps: dict[str, torch.Tensor] = {}
         wanted = {info["module"] for info in self.feature_info}
         # An expansion is a tensor inside a block: a hook keeps it as the block computes it, so

@@ -95,6 +95,17 @@ def test_segmentation_forward_small(name):
     assert y.shape == (2, 4, 64, 48)
 
 
+@pytest.mark.parametrize("output_stride, low_module, low_ch", [(16, "blocks.5", 40), (8, "blocks.14", 160)])
+def test_lraspp_low_level_is_the_last_block_at_stride_8(output_stride, low_module, low_ch):
+    # V3-Large (Table 1) ends stride 8 with three 40-channel bnecks (blocks 3-5); at output
+    # stride 8 the later strides become dilations, so its last block (160 channels) is there.
+    model = create_model("lraspp_mobilenet_v3_large", num_classes=4, output_stride=output_stride)
+    low, high = model.backbone.feature_info
+    assert (low["module"], low["num_chs"], low["reduction"]) == (low_module, low_ch, 8)
+    assert (high["module"], high["num_chs"]) == ("last_conv", 960)
+    assert model.low_classifier.in_channels == low_ch
+
+
 def test_bad_options():
     with pytest.raises(MobileNetsError, match="output_stride"):
         create_model("deeplabv3_mobilenet_v2", output_stride=32)
