@@ -34,7 +34,8 @@ def build(library: str, name: str):
     torch.manual_seed(0)
     if library == "mobilenets":
         import mobilenets
-        return mobilenets.create_model(name)
+        # The inference form: batch norm folded into the convolutions (eval mode runs BN as is).
+        return mobilenets.fuse(mobilenets.create_model(name), channels_last=False)
     if library == "torchvision":
         import torchvision
         return getattr(torchvision.models, name)()

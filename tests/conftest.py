@@ -1,10 +1,30 @@
 import pytest
 import torch
 
+from mobilenets.datasets.fashion_mnist import FMNIST_FILES, fashion_mnist_places
 from mobilenets.datasets.scenes import write_scenes
 
 # The shared scene set: COCO + VOC files built from the real Fashion-MNIST items.
 SCENES = dict(train=12, val=6, size=64, seed=4)
+
+
+def fashion_mnist_present() -> bool:
+    """Each of the four idx files (or its .gz) in a place the reader looks without downloading:
+    $MOBILENETS_DATA, /usr/share/datasets/fashion-mnist."""
+    places = fashion_mnist_places()
+    return all(any((d / stem).is_file() or (d / f"{stem}.gz").is_file() for d in places)
+               for stem in FMNIST_FILES)
+
+
+def pytest_collection_modifyitems(config, items):
+    if fashion_mnist_present():
+        return
+    searched = ", ".join(dict.fromkeys(str(p) for p in fashion_mnist_places()))
+    skip = pytest.mark.skip(reason=f"needs Fashion-MNIST, found in none of {searched} "
+                                   "(apt-get install dataset-fashion-mnist or set MOBILENETS_DATA)")
+    for item in items:
+        if "needs_fmnist" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture

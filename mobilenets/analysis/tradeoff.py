@@ -26,6 +26,7 @@ import torch
 from ..core.errors import MobileNetsError
 from ..core.figures import new_figure, save_figure
 from ..deploy.bench import contenders, time_runs
+from ..deploy.fuse import prepare_for_inference
 from ..models.mobilenet import FAMILY_WIDTHS, check_resolution, create_model, model_defaults
 from ..models.profile import profile
 from ..models.weights import load_weights
@@ -80,11 +81,12 @@ def intra_op_threads(threads: int | None):
 
 def measure_latency(model: torch.nn.Module, resolution: int, repeats: int = 20,
                     warmup: int = 3, in_chans: int | None = None, threads: int | None = None) -> float:
-    """Median milliseconds of one fp32 eager forward pass of one image (channels_last)."""
+    """Median milliseconds of one fp32 eager forward pass of one image through the model's
+    inference form (BN folded, channels_last; `deploy.fuse`)."""
     if not isinstance(repeats, int) or repeats < 1:
         raise MobileNetsError(f"repeats={repeats!r} is out of range; allowed: integer >= 1")
     chans = in_chans or model.pretrained_cfg.get("in_chans", 3)
-    model = model.eval().to(memory_format=torch.channels_last)
+    model = prepare_for_inference(model)
     x = torch.randn(1, chans, resolution, resolution).contiguous(memory_format=torch.channels_last)
     times = []
     with intra_op_threads(threads), torch.inference_mode():

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from ..core.errors import MobileNetsError
 from ..models.layers import ConvBNAct
 
 
@@ -21,23 +22,20 @@ def fold_batchnorm(model: nn.Module) -> int:
 
     The model must be in eval mode: folding bakes in the running statistics."""
     if model.training:
-        raise ValueError("fold_batchnorm needs an eval-mode model (it bakes in running statistics)")
+        raise MobileNetsError("fold_batchnorm needs an eval-mode model (model.training is True); "
+                              "folding bakes in the running statistics")
     folded = 0
     for unit in model.modules():
-        if not isinstance(unit, ConvBNAct):
-            continue
-        names = list(unit._modules)
-        for i in range(len(names) - 1):
-            conv, bn = unit._modules[names[i]], unit._modules[names[i + 1]]
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                unit._modules[names[i]] = fuse_conv_bn_eval(conv, bn)
-                unit._modules[names[i + 1]] = nn.Identity()
-                folded += 1
+        if isinstance(unit, ConvBNAct) and isinstance(unit.bn, nn.BatchNorm2d):
+            unit.conv = fuse_conv_bn_eval(unit.conv, unit.bn)
+            unit.bn = nn.Identity()
+            folded += 1
     return folded
 
 
 def prepare_for_inference(model: nn.Module, channels_last: bool = True) -> nn.Module:
     """A copy of `model` for inference: eval mode, BN folded, no gradients, channels_last weights.
+    The speed path of eager inference (`mobilenets.fuse`); the model itself is left as it is.
 
     Feed it channels_last inputs (`x.contiguous(memory_format=torch.channels_last)`) so no layer
     has to convert layouts; NCHW inputs still give the same numbers."""

@@ -20,22 +20,17 @@ import torch
 from torch import nn
 
 from .fuse import fold_batchnorm
-from ..models.layers import InvertedResidual, SamePad
-
-
-def _parts(unit: nn.Module) -> tuple[SamePad | None, nn.Conv2d, nn.Module]:
-    pad = next((m for m in unit if isinstance(m, SamePad)), None)
-    conv = unit.conv
-    act = list(unit)[-1]
-    return pad, conv, act
+from ..models.layers import InvertedResidual
 
 
 def _sliced_conv(conv: nn.Conv2d, out_sl: slice, in_sl: slice | None = None, bias: bool = True) -> nn.Conv2d:
+    """The conv's output (or input) channels `out_sl` (`in_sl`), as a conv of the same class, so
+    TF "same" padding comes along."""
     w = conv.weight[out_sl] if in_sl is None else conv.weight[:, in_sl]
     depthwise = conv.groups > 1
-    c = nn.Conv2d(w.shape[1] * (w.shape[0] if depthwise else 1), w.shape[0], conv.kernel_size,
-                  conv.stride, conv.padding, conv.dilation, groups=w.shape[0] if depthwise else 1,
-                  bias=bias and conv.bias is not None)
+    c = type(conv)(w.shape[1] * (w.shape[0] if depthwise else 1), w.shape[0], conv.kernel_size,
+                   conv.stride, conv.padding, conv.dilation, groups=w.shape[0] if depthwise else 1,
+                   bias=bias and conv.bias is not None)
     c.weight = nn.Parameter(w.detach().clone(), requires_grad=False)
     if c.bias is not None:
         c.bias = nn.Parameter(conv.bias[out_sl].detach().clone(), requires_grad=False)
@@ -48,7 +43,7 @@ def can_split(block: nn.Module) -> bool:
     return (isinstance(block, InvertedResidual) and isinstance(block.se, nn.Identity)
             and isinstance(block.start, nn.Identity) and isinstance(block.layer_scale, nn.Identity)
             and not isinstance(block.depthwise, nn.Identity) and block.expand_kernel == 1
-            and isinstance(list(block.project)[-1], nn.Identity)
+            and isinstance(block.project.act, nn.Identity)
             and not any(isinstance(m, nn.BatchNorm2d) for m in block.modules()))
 
 
@@ -64,8 +59,8 @@ class SplitInvertedResidual(nn.Module):
         bounds = [(wide * i // k, wide * (i + 1) // k) for i in range(k)]
         self.splits = k
         self.has_expand = not isinstance(block.expand, nn.Identity)
-        dw_pad, dw, dw_act = _parts(block.depthwise)
-        _, proj, _ = _parts(block.project)
+        dw, dw_act = block.depthwise.conv, block.depthwise.act
+        proj = block.project.conv
         self.branches = nn.ModuleList()
         self.projections = []
         self.bounds = bounds
@@ -73,11 +68,9 @@ class SplitInvertedResidual(nn.Module):
             sl = slice(a, b)
             layers: list[nn.Module] = []
             if self.has_expand:
-                _, ex, ex_act = _parts(block.expand)
-                layers += [_sliced_conv(ex, sl), copy.deepcopy(ex_act)]
+                ex = block.expand
+                layers += [_sliced_conv(ex.conv, sl), copy.deepcopy(ex.act)]
             depthwise = [_sliced_conv(dw, sl), copy.deepcopy(dw_act)]
-            if dw_pad is not None:
-                depthwise.insert(0, copy.deepcopy(dw_pad))
             self.branches.append(nn.ModuleDict(dict(expand=nn.Sequential(*layers),
                                                     depthwise=nn.Sequential(*depthwise))))
             # (c_i, out) so that pixels × c_i @ it accumulates into the pixels × out output

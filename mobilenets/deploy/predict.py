@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from .backends import BACKENDS, INPUT_PREPROCESSING
+from .fuse import prepare_for_inference
 from ..core.errors import MobileNetsError
 from ..datasets.coco_voc import read_rgb
 from ..datasets.preprocess import transform
@@ -154,6 +155,7 @@ def predict_image(path, image_file, out_png, min_score: float = 0.3) -> dict:
     import torch.nn.functional as F
     from torchvision.transforms import v2
     model, meta = load_task_model(path)
+    model = prepare_for_inference(model, channels_last=False)
     pre = meta["preprocessing"]
     try:
         image = read_rgb(Path(image_file))

@@ -7,9 +7,9 @@ was trained with. One engine applies them:
 1. The source file is read as layers: a torch state dict grouped by module (torchvision, timm;
    .pth through `torch.load(weights_only=True)`, or .safetensors), or the per-layer weight lists
    of a Keras `.h5` / `.weights.h5` file (h5py, no TensorFlow).
-2. A rule is a regex over a source layer name and a template of one of our layers. Our layers
-   are named independently of padding style: `blocks.3.expand.conv`, `blocks.3.expand.bn`,
-   `blocks.3.se.fc1`, `head.0`, `classifier`. Named groups in a rule:
+2. A rule is a regex over a source layer name and a template of one of our layers, named as
+   our state dict names them: `blocks.3.expand.conv`, `blocks.3.expand.bn`, `blocks.3.se.fc1`,
+   `head.0`, `classifier`. Named groups in a rule:
      block  the source's own block id; blocks are numbered by its rank among the ids the file
             holds (numbers sort naturally, a missing id, e.g. Keras' `expanded_conv`, first);
      pos    a position inside the block (torchvision's `conv.2`), read as the pos-th of the
@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..core.errors import MobileNetsError
-from .layers import ConvBNAct, LayerScale
+from .layers import LayerScale
 from .mobilenet import IMAGENET_MEAN, IMAGENET_STD, create_model, model_defaults
 from .specs import build_arch
 from .tables import V4_TABLES
@@ -199,22 +199,13 @@ KERAS_PARAMS = {nn.BatchNorm2d: ("weight", "bias", "running_mean", "running_var"
 
 
 # ---------------------------------------------------------------------------------------------
-# Our side: layers under padding-independent names
+# Our side
 
-def canonical_layers(model: nn.Module) -> dict[str, tuple[str, nn.Module]]:
-    """{our layer name: (state-dict prefix, module)} for every layer that holds weights."""
-    out, inside = {}, set()
-    for name, m in model.named_modules():
-        if isinstance(m, ConvBNAct):
-            for idx, child in m.named_children():
-                part = "conv" if isinstance(child, nn.Conv2d) else "bn" if isinstance(child, nn.BatchNorm2d) else None
-                if part:
-                    out[f"{name}.{part}"] = (f"{name}.{idx}", child)
-                    inside.add(id(child))
-        elif (isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d, LayerScale))
-              and id(m) not in inside):
-            out[name] = (name, m)
-    return out
+def canonical_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """{our layer name: module} for every layer that holds weights; a layer's name is the
+    prefix of its state-dict keys (`blocks.3.expand.conv`, for any padding style)."""
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d, LayerScale))}
 
 
 def _mapping(source: str, family: str) -> Mapping:
@@ -359,10 +350,10 @@ def convert_layers(source: str, layers: dict, model: nn.Module, origin: str) -> 
         if target not in ours:
             unclaimed.append(src)
             continue
-        prefix, module = ours[target]
+        module = ours[target]
         params = _from_keras(layers[src], module) if source == "keras" else layers[src]
         for param, tensor in params.items():
-            key = f"{prefix}.{param}"
+            key = f"{target}.{param}"
             state[key] = _fit(tensor, own[key]) if key in own else tensor
     for src in unclaimed:
         params = layers[src] if isinstance(layers[src], dict) else dict(enumerate(layers[src]))
@@ -414,7 +405,7 @@ def _options_in_tensors(state: dict[str, torch.Tensor], model: nn.Module) -> dic
     rows = state.get("classifier.weight")
     if rows is not None and rows.dim() >= 1 and rows.shape[0] != _num_classes(model):
         found["num_classes"] = int(rows.shape[0])
-    stem = state.get(canonical_layers(model)["stem.conv"][0] + ".weight")
+    stem = state.get("stem.conv.weight")
     table = build_arch(model.arch.family, fixed_stem=True).stem_ch
     if stem is not None and stem.dim() == 4 and stem.shape[0] == table != model.arch.stem_ch:
         found["fixed_stem"] = True

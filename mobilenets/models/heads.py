@@ -1,8 +1,9 @@
 """Task models on MobileNet backbones: SSDLite detection (V2 §6.2), Mobile DeepLabv3 (V2 §6.3)
 and LR-ASPP segmentation (V3 §6.3).
 
-The backbone keeps the classifier's module names (`stem`, `blocks.N`, `last_conv`), so the
-weights of a trained classifier load into it by name.
+Each takes its feature maps from a `features_only` MobileNet, `backbone`, whose modules keep the
+classifier's names (`backbone.stem`, `backbone.blocks.N`, `backbone.last_conv`), so the weights
+of a trained classifier load into it by name (`weights.load_backbone`).
 """
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from torch import nn
 from .detection import anchors_per_cell, make_anchors, postprocess
 from ..core.errors import MobileNetsError
 from .layers import ConvBNAct
-from .mobilenet import IMAGENET_MEAN, IMAGENET_STD, mobilenet, register_model
+from .mobilenet import IMAGENET_MEAN, IMAGENET_STD, feature_levels, mobilenet, register_model
 from .profile import profile
+from .specs import build_arch
 
 # SSDLite's extra feature layers after the stride-32 map (TF object detection API,
 # ssd_mobilenet_v2_feature_extractor: layer depths [-1, -1, 512, 256, 256, 128]).
@@ -30,15 +32,6 @@ LRASPP_CHANNELS = 128
 def _check_classes(num_classes, low: int) -> None:
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < low:
         raise MobileNetsError(f"num_classes={num_classes!r} is out of range; allowed: integer >= {low}")
-
-
-def _cumulative_strides(arch) -> list[int]:
-    """Output stride after each block."""
-    strides, s = [], arch.stem_stride
-    for b in arch.blocks:
-        s *= b.stride
-        strides.append(s)
-    return strides
 
 
 def _pretrained_cfg(resolution: int, in_chans: int) -> dict:
@@ -69,16 +62,16 @@ class SSDLite(nn.Module):
         super().__init__()
         _check_classes(num_classes, 2)
         extra = dict(minimalistic=True) if minimalistic else {}
-        net = mobilenet(backbone, width_mult, num_classes=0, in_chans=in_chans, bn_eps=bn_eps, **extra)
-        self.arch, self.num_classes = net.arch, num_classes
-        self.stem, self.blocks, self.last_conv = net.stem, net.blocks, net.last_conv
-        strides = _cumulative_strides(self.arch)
-        self.split = next(i for i, s in enumerate(strides) if s == 32)
-        split_block = self.blocks[self.split]
-        if not isinstance(split_block.expand, ConvBNAct):
-            raise MobileNetsError(
-                f"{backbone}: block {self.split} has no expansion layer to attach SSDLite to")
-        chans = [split_block.expand.out_channels, self.arch.last_conv_ch]
+        # The stride-16 level taken at the expansion of the block that strides to 32, and the
+        # last 1×1 conv's output.
+        self.backbone = mobilenet(backbone, width_mult, in_chans=in_chans, bn_eps=bn_eps,
+                                  features_only=True, out_indices=(-3, -1),
+                                  feature_location="expansion", keep_last_conv=True, **extra)
+        self.arch, self.num_classes = self.backbone.arch, num_classes
+        first = self.backbone.feature_info[0]["module"]
+        if not isinstance(self.backbone.get_submodule(first), ConvBNAct):
+            raise MobileNetsError(f"{backbone}: {first} is no expansion layer to attach SSDLite to")
+        chans = [info["num_chs"] for info in self.backbone.feature_info]
         extras = []
         for d in SSD_EXTRA_DEPTHS:
             d = max(int(d * width_mult), SSD_MIN_DEPTH)
@@ -105,16 +98,7 @@ class SSDLite(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(x)
-        for block in self.blocks[:self.split]:
-            x = block(x)
-        block = self.blocks[self.split]
-        wide = block.expand(x)
-        # The split block strides by 2, so it has no shortcut: its output is just the rest of it.
-        x = block.project(block.se(block.depthwise(wide)))
-        for b in self.blocks[self.split + 1:]:
-            x = b(x)
-        feats = [wide, self.last_conv(x)]
+        feats = self.backbone(x)
         for layer in self.extras:
             feats.append(layer(feats[-1]))
         return feats
@@ -184,17 +168,16 @@ class DeepLabV3(nn.Module):
         _check_classes(num_classes, 1)
         if output_stride not in ASPP_RATES:
             raise MobileNetsError(f"output_stride={output_stride!r} is not one of 8, 16")
-        net = mobilenet(backbone, width_mult, num_classes=0, in_chans=in_chans,
-                        output_stride=output_stride)
-        self.arch, self.num_classes = net.arch, num_classes
-        self.stem, self.blocks = net.stem, net.blocks
-        self.aspp = ASPP(self.arch.blocks[-1].out_ch, ASPP_RATES[output_stride] if aspp else ())
+        self.backbone = mobilenet(backbone, width_mult, in_chans=in_chans,
+                                  output_stride=output_stride, features_only=True, out_indices=(-1,))
+        self.arch, self.num_classes = self.backbone.arch, num_classes
+        self.aspp = ASPP(self.backbone.num_features, ASPP_RATES[output_stride] if aspp else ())
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Conv2d(ASPP_CHANNELS, num_classes, 1)
         self.pretrained_cfg = _pretrained_cfg(512, in_chans)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.classifier(self.dropout(self.aspp(self.blocks(self.stem(x)))))
+        y = self.classifier(self.dropout(self.aspp(self.backbone.forward_features(x))))
         return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
@@ -211,13 +194,14 @@ class LRASPP(nn.Module):
         super().__init__()
         _check_classes(num_classes, 1)
         extra = dict(minimalistic=True) if minimalistic else {}
-        net = mobilenet(backbone, width_mult, num_classes=0, in_chans=in_chans,
-                        output_stride=output_stride, **extra)
-        self.arch, self.num_classes = net.arch, num_classes
-        self.stem, self.blocks, self.last_conv = net.stem, net.blocks, net.last_conv
-        strides = _cumulative_strides(self.arch)
-        self.low_index = max(i for i, s in enumerate(strides) if s == 8)
-        low_ch, high_ch = self.arch.blocks[self.low_index].out_ch, self.arch.last_conv_ch
+        # The last block at stride 8 and the last 1×1 conv's output (one level past the blocks').
+        levels = feature_levels(build_arch(backbone, width_mult, output_stride=output_stride, **extra))
+        low = max(i for i, info in enumerate(levels) if info["reduction"] == 8)
+        self.backbone = mobilenet(backbone, width_mult, in_chans=in_chans,
+                                  output_stride=output_stride, features_only=True,
+                                  out_indices=(low, -1), keep_last_conv=True, **extra)
+        self.arch, self.num_classes = self.backbone.arch, num_classes
+        low_ch, high_ch = (info["num_chs"] for info in self.backbone.feature_info)
         self.cbr = ConvBNAct(high_ch, LRASPP_CHANNELS, 1, act="relu")
         self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1),
                                   nn.Conv2d(high_ch, LRASPP_CHANNELS, 1, bias=False), nn.Sigmoid())
@@ -227,12 +211,7 @@ class LRASPP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
-        x = self.stem(x)
-        for i, block in enumerate(self.blocks):
-            x = block(x)
-            if i == self.low_index:
-                low = x
-        high = self.last_conv(x)
+        low, high = self.backbone(x)
         y = self.cbr(high) * self.gate(high)
         y = F.interpolate(y, size=low.shape[-2:], mode="bilinear", align_corners=False)
         y = self.low_classifier(low) + self.high_classifier(y)

@@ -5,7 +5,6 @@ layer scale and Mobile MQA attention block."""
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -29,92 +28,51 @@ def make_activation(name: str | None) -> nn.Module:
     return act(inplace=True) if name in ("relu", "relu6", "hswish") else act()
 
 
-class SamePad(nn.Module):
-    """TensorFlow "SAME" padding: computed from the input size, so stride-2 layers pad only the
-    bottom/right edge when the size is even. TF-trained weights reproduce their outputs only
-    with it."""
+def same_padding(size: int, kernel_size: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TensorFlow "SAME" padding of one spatial dimension: (before, after). Computed from the
+    input size, so a stride-2 layer pads only the bottom/right edge when the size is even."""
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + (kernel_size - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
 
-    def __init__(self, kernel_size: int, stride: int, dilation: int = 1):
-        super().__init__()
-        self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
 
-    def _pad(self, size: int) -> tuple[int, int]:
-        out = math.ceil(size / self.stride)
-        total = max((out - 1) * self.stride + (self.kernel_size - 1) * self.dilation + 1 - size, 0)
-        return total // 2, total - total // 2
+class Conv2dSame(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding (built with padding=0). TF-trained weights
+    reproduce their outputs only with it. The padding belongs to the convolution, so the
+    module is the whole layer wherever it is used alone (BN folding, channel slicing)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        top, bottom = self._pad(x.shape[-2])
-        left, right = self._pad(x.shape[-1])
-        if top == bottom == left == right == 0:
-            return x
-        return F.pad(x, (left, right, top, bottom))
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        top, bottom = same_padding(x.shape[-2], kh, sh, dh)
+        left, right = same_padding(x.shape[-1], kw, sw, dw)
+        if top or bottom or left or right:
+            x = F.pad(x, (left, right, top, bottom))
+        return self._conv_forward(x, self.weight, self.bias)
 
 
-class ConvBNAct(nn.Sequential):
-    """Conv2d → BatchNorm → activation, the unit every MobileNet layer is made of."""
+class ConvBNAct(nn.Module):
+    """Conv2d → BatchNorm → activation, the unit every MobileNet layer is made of: children
+    `conv`, `bn`, `act`, so the state dict reads `X.conv.weight`, `X.bn.running_mean`, ... for
+    every padding style. Eval mode runs the three as they are; `deploy.fuse` folds `bn` into
+    `conv` for inference."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 1, stride: int = 1,
                  groups: int = 1, dilation: int = 1, act: str | None = "relu6",
                  padding: str = "symmetric", bn_eps: float = 1e-5, bn_momentum: float = 0.1):
-        layers: list[nn.Module] = []
-        same = padding == "same" and (stride > 1 or kernel_size > 1)
-        if same and stride > 1:
-            layers.append(SamePad(kernel_size, stride, dilation))
-            pad = 0
+        super().__init__()
+        # A stride-1 odd kernel pads the same either way; only strided layers need TF's rule.
+        if padding == "same" and stride > 1:
+            self.conv = Conv2dSame(in_ch, out_ch, kernel_size, stride, 0, dilation=dilation,
+                                   groups=groups, bias=False)
         else:
-            pad = (kernel_size - 1) // 2 * dilation
-        layers += [
-            nn.Conv2d(in_ch, out_ch, kernel_size, stride, pad, dilation=dilation, groups=groups,
-                      bias=False),
-            nn.BatchNorm2d(out_ch, eps=bn_eps, momentum=bn_momentum),
-            make_activation(act),
-        ]
-        super().__init__(*layers)
+            self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride, (kernel_size - 1) // 2 * dilation,
+                                  dilation=dilation, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(out_ch, eps=bn_eps, momentum=bn_momentum)
+        self.act = make_activation(act)
         self.out_channels = out_ch
 
-    # In eval mode batch norm is an affine map per channel, so it can ride on the conv's weights
-    # instead of making one more pass over the activations: about a third of eager inference
-    # time on CPU. Outputs differ from the unfused ones by float rounding only (~1e-7 relative).
-    # Set False to run conv and BN as separate modules (e.g. to put hooks on them in eval).
-    fold_bn_in_eval = True
-
-    @property
-    def conv(self) -> nn.Conv2d:
-        return next(m for m in self if isinstance(m, nn.Conv2d))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv, bn, act = self[-3], self[-2], self[-1]
-        if (self.training or not self.fold_bn_in_eval or type(conv) is not nn.Conv2d
-                or type(bn) is not nn.BatchNorm2d or bn.running_var is None):
-            return super().forward(x)
-        if len(self) == 4:
-            x = self[0](x)
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        bias = bn.bias - bn.running_mean * scale
-        if conv.bias is not None:
-            bias = bias + conv.bias * scale
-        x = F.conv2d(x, conv.weight * scale.reshape(-1, 1, 1, 1), bias, conv.stride, conv.padding,
-                     conv.dilation, conv.groups)
-        return act(x)
-
-
-@contextmanager
-def bn_unfolded(model: nn.Module):
-    """Run `model`'s ConvBNAct layers as separate conv and batch-norm ops in eval mode, for this
-    model only (an instance setting, so other models and threads keep folding)."""
-    layers = [m for m in model.modules() if isinstance(m, ConvBNAct)]
-    saved = [m.__dict__.get("fold_bn_in_eval") for m in layers]
-    for m in layers:
-        m.fold_bn_in_eval = False
-    try:
-        yield model
-    finally:
-        for m, value in zip(layers, saved):
-            if value is None:
-                del m.fold_bn_in_eval
-            else:
-                m.fold_bn_in_eval = value
+        return self.act(self.bn(self.conv(x)))
 
 
 class SqueezeExcite(nn.Module):

@@ -14,7 +14,8 @@ from torch import nn
 from ..core.errors import MobileNetsError
 from .layers import ConvBNAct, InvertedResidual, MultiQueryAttention, make_activation
 from .specs import Arch, AttentionSpec, ConvSpec, build_arch
-from .weights import check_metadata, load_state_into, load_weights, read_metadata, state_mismatch
+from .weights import (check_metadata, load_state_into, load_weights, read_metadata, state_mismatch,
+                      upgrade_state)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -36,65 +37,103 @@ def build_block(spec, **norm) -> nn.Module:
                             expand_kernel=spec.expand_kernel, layer_scale=spec.layer_scale)
 
 
+FEATURE_LOCATIONS = ("bottleneck", "expansion")
+
+
+def feature_levels(arch: Arch, feature_location: str = "bottleneck",
+                   keep_last_conv: bool = False) -> list[dict]:
+    """Every feature level a `features_only` MobileNet of `arch` can return, shallow to deep:
+    {"module", "num_chs", "reduction", "index"}, `index` counting [stem, *blocks, last_conv]
+    up to the layer that computes the map.
+
+    One level per reduction (the last layer before each stride, then the last block).
+    feature_location="expansion" takes each level but the deepest at the expansion of the block
+    that strides next (the wide tensor, as SSDLite's first map); keep_last_conv adds the output
+    of the last 1×1 conv as one more level (the map V2's and V3's task heads use)."""
+    if feature_location not in FEATURE_LOCATIONS:
+        raise MobileNetsError(f"feature_location={feature_location!r} is not one of "
+                              f"{', '.join(map(repr, FEATURE_LOCATIONS))}")
+    strides = [arch.stem_stride]
+    for b in arch.blocks:
+        strides.append(strides[-1] * b.stride)
+    last = len(arch.blocks)
+    levels = []
+    for i in arch.feature_levels:
+        if feature_location == "expansion" and i < last:
+            levels.append(dict(module=f"blocks.{i}.expand", num_chs=arch.blocks[i].expand_ch,
+                               reduction=strides[i], index=i + 1))
+        else:
+            levels.append(dict(module="stem" if i == 0 else f"blocks.{i - 1}",
+                               num_chs=arch.stem_ch if i == 0 else arch.blocks[i - 1].out_ch,
+                               reduction=strides[i], index=i))
+    if keep_last_conv:
+        if not arch.last_conv_ch:
+            raise MobileNetsError(f"keep_last_conv=True: {arch.family} has no last 1×1 conv")
+        levels.append(dict(module="last_conv", num_chs=arch.last_conv_ch, reduction=strides[-1],
+                           index=last + 1))
+    return levels
+
+
 class MobileNet(nn.Module):
     """stem → blocks → [last 1×1 conv] → pool → [V3/V4 head layer] → dropout → classifier.
 
-    With `features_only=True` only the stem and blocks are built and `forward` returns the
-    feature maps at the levels in `out_indices`; `feature_info` gives their channels and
-    strides.
+    With `features_only=True` the model is a feature extractor: only the stem and blocks (and
+    with `keep_last_conv` the last 1×1 conv) are built, `forward` returns the maps of the levels
+    in `out_indices` (indices into `feature_levels`, default all) as a list, `forward_features`
+    the deepest of them, and `feature_info` describes them (module, channels, stride). It has
+    no head: `forward_head`, `get_classifier` and `reset_classifier` raise MobileNetsError.
     """
 
     def __init__(self, arch: Arch, num_classes: int = 1000, in_chans: int = 3,
                  features_only: bool = False, out_indices: tuple[int, ...] | None = None,
-                 padding: str = "symmetric", bn_eps: float = 1e-5, bn_momentum: float = 0.1):
+                 padding: str = "symmetric", bn_eps: float = 1e-5, bn_momentum: float = 0.1,
+                 feature_location: str = "bottleneck", keep_last_conv: bool = False):
         super().__init__()
         self.arch = arch
         norm = dict(padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum)
         self.stem = ConvBNAct(in_chans, arch.stem_ch, 3, arch.stem_stride, act=arch.stem_act, **norm)
         self.blocks = nn.Sequential(*[build_block(b, **norm) for b in arch.blocks])
-        self.feature_info = self._feature_info()
         self.features_only = features_only
+        ch = arch.blocks[-1].out_ch
         if features_only:
-            n = len(self.feature_info)
+            levels = feature_levels(arch, feature_location, keep_last_conv)
+            n = len(levels)
             out_indices = tuple(range(n)) if out_indices is None else tuple(out_indices)
             bad = [i for i in out_indices if not -n <= i < n]
             if bad or not out_indices:
                 raise MobileNetsError(f"out_indices={out_indices!r} is out of range; allowed: 0..{n - 1}")
             self.out_indices = tuple(i % n for i in out_indices)
-            self.feature_info = [self.feature_info[i] for i in self.out_indices]
+            self.feature_info = [levels[i] for i in self.out_indices]
             self.num_features = self.feature_info[-1]["num_chs"]
-            return
-
-        ch = arch.blocks[-1].out_ch
-        self.last_conv = (ConvBNAct(ch, arch.last_conv_ch, 1, act=arch.last_conv_act, **norm)
-                          if arch.last_conv_ch else nn.Identity())
-        ch = arch.last_conv_ch or ch
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
-        if arch.head_ch and arch.head_norm:
-            # V4 keeps batch norm there (and so no bias): a conv-BN-act unit on the 1×1 map.
-            self.head = nn.Sequential(
-                nn.Linear(ch, arch.head_ch, bias=False),
-                nn.BatchNorm1d(arch.head_ch, eps=bn_eps, momentum=bn_momentum),
-                make_activation(arch.head_act))
+            wanted = {info["module"] for info in self.feature_info}
+            if "last_conv" in wanted:
+                self.last_conv = ConvBNAct(ch, arch.last_conv_ch, 1, act=arch.last_conv_act, **norm)
+            # Blocks past the deepest requested level are not built: they would hold weights
+            # that no output depends on.
+            deepest = max(info["index"] for info in self.feature_info)
+            del self.blocks[deepest:]
         else:
-            # V3's efficient last stage: the widest layer works on the pooled 1×1 map, without BN.
-            self.head = (nn.Sequential(nn.Linear(ch, arch.head_ch), make_activation(arch.head_act))
-                         if arch.head_ch else nn.Identity())
-        self.num_features = arch.head_ch or ch
-        self.dropout = nn.Dropout(arch.dropout)
-        self.classifier = (nn.Linear(self.num_features, num_classes) if num_classes > 0
-                           else nn.Identity())
+            self.feature_info = feature_levels(arch)
+            self.last_conv = (ConvBNAct(ch, arch.last_conv_ch, 1, act=arch.last_conv_act, **norm)
+                              if arch.last_conv_ch else nn.Identity())
+            ch = arch.last_conv_ch or ch
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.flatten = nn.Flatten(1)
+            if arch.head_ch and arch.head_norm:
+                # V4 keeps batch norm there (and so no bias): a conv-BN-act unit on the 1×1 map.
+                self.head = nn.Sequential(
+                    nn.Linear(ch, arch.head_ch, bias=False),
+                    nn.BatchNorm1d(arch.head_ch, eps=bn_eps, momentum=bn_momentum),
+                    make_activation(arch.head_act))
+            else:
+                # V3's efficient last stage: the widest layer works on the pooled 1×1 map, without BN.
+                self.head = (nn.Sequential(nn.Linear(ch, arch.head_ch), make_activation(arch.head_act))
+                             if arch.head_ch else nn.Identity())
+            self.num_features = arch.head_ch or ch
+            self.dropout = nn.Dropout(arch.dropout)
+            self.classifier = (nn.Linear(self.num_features, num_classes) if num_classes > 0
+                               else nn.Identity())
         self._init_weights()
-
-    def _feature_info(self) -> list[dict]:
-        layers = [("stem", self.arch.stem_ch, self.arch.stem_stride)]
-        stride = self.arch.stem_stride
-        for i, b in enumerate(self.arch.blocks):
-            stride *= b.stride
-            layers.append((f"blocks.{i}", b.out_ch, stride))
-        return [dict(module=layers[i][0], num_chs=layers[i][1], reduction=layers[i][2], index=i)
-                for i in self.arch.feature_levels]
 
     def _init_weights(self) -> None:
         # As torchvision's MobileNets do: He init (fan-out) for convs, N(0, 0.01) for linears.
@@ -112,38 +151,57 @@ class MobileNet(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.features_only:
+            return self.forward_levels(x)[-1]
         return self.last_conv(self.blocks(self.stem(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        self._check_head("forward_head")
         x = self.head(self.flatten(self.pool(x)))
         return x if pre_logits else self.classifier(self.dropout(x))
 
     def forward(self, x: torch.Tensor):
         if self.features_only:
-            return self._forward_levels(x)
+            return self.forward_levels(x)
         return self.forward_head(self.forward_features(x))
 
-    def _forward_levels(self, x: torch.Tensor) -> list[torch.Tensor]:
-        wanted = {info["index"] for info in self.feature_info}
-        last = max(wanted)
-        out = []
-        x = self.stem(x)
-        if 0 in wanted:
-            out.append(x)
-        for i, block in enumerate(self.blocks, start=1):
-            if i > last:
-                break
-            x = block(x)
-            if i in wanted:
-                out.append(x)
-        return out
+    def forward_levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The maps of `feature_info`'s levels, in its order."""
+        maps: dict[str, torch.Tensor] = {}
+        wanted = {info["module"] for info in self.feature_info}
+        # An expansion is a tensor inside a block: a hook keeps it as the block computes it, so
+        # the block runs once and as InvertedResidual defines it.
+        handles = [self.get_submodule(name).register_forward_hook(
+                       lambda module, inputs, out, name=name: maps.__setitem__(name, out))
+                   for name in wanted if name.endswith(".expand")]
+        try:
+            x = self.stem(x)
+            if "stem" in wanted:
+                maps["stem"] = x
+            for i, block in enumerate(self.blocks):
+                x = block(x)
+                if f"blocks.{i}" in wanted:
+                    maps[f"blocks.{i}"] = x
+            if "last_conv" in wanted:
+                maps["last_conv"] = self.last_conv(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return [maps[info["module"]] for info in self.feature_info]
 
     def get_classifier(self) -> nn.Module:
+        self._check_head("get_classifier")
         return self.classifier
 
     def reset_classifier(self, num_classes: int) -> None:
+        self._check_head("reset_classifier")
         self.classifier = (nn.Linear(self.num_features, num_classes) if num_classes > 0
                            else nn.Identity())
+
+    def _check_head(self, method: str) -> None:
+        if self.features_only:
+            raise MobileNetsError(f"{method}: a features_only model has no head (no pooling, "
+                                  "classifier or last layers); build it without features_only")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,12 +290,13 @@ def _build_for(name: str, kwargs: dict, state: dict, meta: dict, source: str,
         options = ", ".join(f"{label[k]}={v!r}" for k, v in kwargs.items())
         raise MobileNetsError(f"{source}: cannot build {name} with {options} ({e})") from e
     own = probe.state_dict()
+    state = upgrade_state(state, probe)   # files written in an earlier layout
     problems = state_mismatch(own, state)
     if problems:
         hints = [f"{label.get(key, key)}={state[tensor].shape[dim]} (its {tensor} is "
                  f"{tuple(state[tensor].shape)})"
                  for key, tensor, dim in (("num_classes", "classifier.weight", 0),
-                                          ("in_chans", "stem.0.weight", 1))
+                                          ("in_chans", "stem.conv.weight", 1))
                  if tensor in state and tensor in own and state[tensor].ndim == own[tensor].ndim
                  and state[tensor].shape[dim] != own[tensor].shape[dim]]
         raise MobileNetsError(f"{source}: does not fit {name}; {problems}"
@@ -266,8 +325,10 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
               shortcut: str = "bottleneck", expand_ratio: float | None = None,
               padding: str = "symmetric", bn_eps: float | None = None,
               bn_momentum: float = 0.1, act: str | None = None,
-              fixed_stem: bool = False, resolution: int = 224) -> MobileNet:
-    """Build a MobileNet of `family` with the given options (see `specs.build_arch`).
+              fixed_stem: bool = False, resolution: int = 224, feature_location: str = "bottleneck",
+              keep_last_conv: bool = False) -> MobileNet:
+    """Build a MobileNet of `family` with the given options (see `specs.build_arch`; the
+    features_only options in `MobileNet` and `feature_levels`).
 
     padding="same" and bn_eps=1e-3 reproduce TensorFlow-trained weights (Keras, timm `tf_`).
     resolution: the input size the model is meant for, recorded in `pretrained_cfg` (V4's
@@ -291,7 +352,7 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
     if bn_eps is None:
         bn_eps = 1e-3 if padding == "same" else 1e-5
     model = MobileNet(arch, num_classes, in_chans, features_only, out_indices, padding, bn_eps,
-                      bn_momentum)
+                      bn_momentum, feature_location, keep_last_conv)
     model.pretrained_cfg = dict(resolution=resolution, crop_pct=0.875, mean=IMAGENET_MEAN,
                                 std=IMAGENET_STD, in_chans=in_chans, interpolation="bilinear")
     return model

@@ -22,8 +22,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from .layers import (AttentionProducts, InvertedResidual, MultiQueryAttention,
-                     SqueezeExcite, bn_unfolded)
+from .layers import AttentionProducts, InvertedResidual, MultiQueryAttention, SqueezeExcite
 from .mobilenet import check_resolution, create_model, model_defaults
 
 FP16, FP32 = 2, 4
@@ -141,9 +140,11 @@ def _table3(arch, layers: list[dict]) -> list[dict]:
         # its output projection reads, not a map of its own.
         shapes = [layer["output_shape"] for layer in layers if layer["kind"] != "attention"]
     else:
-        shapes = [layer["output_shape"] for layer in layers
-                  if layer["name"].endswith("project.0")
-                  or not layer["name"].startswith(("stem", "blocks.", "last_conv"))]
+        # A task model's backbone is its `backbone` child.
+        names = [(layer["name"].removeprefix("backbone."), layer) for layer in layers]
+        shapes = [layer["output_shape"] for name, layer in names
+                  if name.endswith("project.conv")
+                  or not name.startswith(("stem.", "blocks.", "last_conv."))]
     if arch is not None and layers:
         shapes.append([arch.last_conv_ch or arch.blocks[-1].out_ch, 1, 1])   # the pooled vector
     per_size: dict[tuple, int] = defaultdict(int)
@@ -170,13 +171,12 @@ def profile(model, resolution: int = 224) -> dict:
     x = torch.empty(1, _input_channels(model), resolution, resolution, device="meta")
     state = {k: v.to("meta") for k, v in [*model.named_parameters(), *model.named_buffers()]}
     tracer = _Tracer(model)
-    # Conv and batch norm are traced as the separate ops that the papers count and that plain
-    # eager execution runs, so on-the-fly BN folding is off. Eval mode, because training-mode
-    # batch norm refuses one image on a 1×1 map (SSD's last extra layers, ASPP's pooling branch).
+    # Eval mode, because training-mode batch norm refuses one image on a 1×1 map (SSD's last
+    # extra layers, ASPP's pooling branch).
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), bn_unfolded(model):
+        with torch.no_grad():
             torch.func.functional_call(model, state, (x,))
     finally:
         tracer.close()

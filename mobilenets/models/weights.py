@@ -299,8 +299,51 @@ def _short(value, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+BACKBONE_MODULES = ("stem", "blocks", "last_conv")
+
+
+def upgrade_state(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`state` with the names of earlier layouts renamed to the ones `model` uses, decided from
+    the model's own keys:
+    - a conv-BN-activation unit `X` was a sequence: `X.0` conv and `X.1` batch norm, or with TF
+      "same" padding on a strided layer `X.1` conv and `X.2` batch norm; it is now `X.conv`,
+      `X.bn` (the batch norm's `running_mean` tells the two apart);
+    - a detection or segmentation model held `stem`, `blocks`, `last_conv` at its top level;
+      they are now under `backbone.` (and a classifier takes a task model's backbone without).
+    Keys that already fit, and any this cannot place, are kept as they are."""
+    own = model.state_dict()
+    if all(k in own for k in state):
+        return state
+    tops = {k.split(".", 1)[0] for k in own}
+
+    def moved(key: str) -> str:
+        head = key.split(".", 1)[0]
+        if key in own:
+            return key
+        if head in BACKBONE_MODULES and head not in tops and "backbone" in tops:
+            return "backbone." + key
+        if head == "backbone" and "backbone" not in tops:
+            return key.removeprefix("backbone.")
+        return key
+
+    state = {moved(k): v for k, v in state.items()}
+    out = {}
+    for key, tensor in state.items():
+        unit, _, param = key.rpartition(".")
+        unit, _, index = unit.rpartition(".")
+        if (key not in own and index.isdigit() and f"{unit}.conv.weight" in own
+                and f"{unit}.bn.running_mean" in own):
+            bn = 2 if f"{unit}.2.running_mean" in state else 1
+            part = {bn - 1: "conv", bn: "bn"}.get(int(index))
+            key = f"{unit}.{part}.{param}" if part else key
+        out[key] = tensor
+    return out
+
+
 def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load strictly; on mismatch one line naming the first missing, unexpected, misshaped keys."""
+    """Load strictly (after `upgrade_state`); on mismatch one line naming the first missing,
+    unexpected, misshaped keys."""
+    state = upgrade_state(state, model)
     problems = state_mismatch(model.state_dict(), state)
     if problems:
         raise MobileNetsError(f"{source}: does not fit {getattr(model, 'model_name', 'the model')}; "
@@ -320,19 +363,19 @@ def state_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor])
                                           ("wrong shape", shaped)) if items)
 
 
-BACKBONE_MODULES = ("stem", "blocks", "last_conv")
-
-
 def load_backbone(model: torch.nn.Module, path: str | os.PathLike) -> dict:
     """Start a detector, segmenter or classifier from another model's backbone: the tensors of
-    `stem`, `blocks` and `last_conv` whose names and shapes both models share (a classifier's
+    `stem`, `blocks` and `last_conv` (a task model's under `backbone.`, see `upgrade_state`)
+    whose names and shapes both models share (a classifier's
     weights into a task model, as torchvision's `weights_backbone`). Returns {"loaded",
     "backbone_tensors", "skipped"}: what was copied, how many backbone tensors `model` has, and
     the names whose shapes differ (e.g. a stem for another number of input channels)."""
     state, _ = load_weights(path)
+    state = upgrade_state(state, model)
     own = model.state_dict()
     # BN's step counters are scalars that fit anything and carry nothing across
-    ours = [k for k in own if k.split(".")[0] in BACKBONE_MODULES and not k.endswith("num_batches_tracked")]
+    ours = [k for k in own if k.removeprefix("backbone.").split(".")[0] in BACKBONE_MODULES
+            and not k.endswith("num_batches_tracked")]
     shared = [k for k in ours if k in state]
     fits = {k: state[k] for k in shared if state[k].shape == own[k].shape}
     if not fits:

@@ -15,6 +15,7 @@ from mobilenets.models.mobilenet import create_model, load_model, mobilenet
 from mobilenets.models.weights import load_state_into, load_weights, save_weights
 
 
+@pytest.mark.slow
 def test_other_families_match_the_base_multiply_adds():
     target = _madds("mobilenet_v2", 0.5)
     for family in ("mobilenet_v1", "mobilenet_v3_small"):
@@ -174,6 +175,8 @@ def projection_run(tmp_path_factory):
     return out, docs, Schedule(1, 32, 64, 64)
 
 
+@pytest.mark.slow
+@pytest.mark.needs_fmnist
 def test_real_training_on_fashion_mnist(projection_run):
     out, docs, _ = projection_run
     recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
@@ -190,6 +193,8 @@ torch.save(model.eval()(torch.load(sys.argv[2])), sys.argv[3])
 """
 
 
+@pytest.mark.slow
+@pytest.mark.needs_fmnist
 def test_arm_weights_reload_in_a_fresh_process(projection_run, tmp_path, one_thread):
     out, _, schedule = projection_run
     path = out / "runs" / schedule.tag() / "mobilenet_v2-proj_act=relu6-seed0" / "best.safetensors"

@@ -13,6 +13,7 @@ def run(capsys, *argv):
     return code, out, err
 
 
+@pytest.mark.slow
 def test_models_lists_every_classifier(capsys):
     code, out, _ = run(capsys, "models", "--json")
     rows = {r["model"]: r for r in json.loads(out)}
@@ -46,6 +47,7 @@ def test_bad_input_exits_2_with_one_line(capsys, argv, message):
     assert code == 2 and message in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_console_entry_point_and_argparse_errors():
     r = subprocess.run([sys.executable, "-m", "mobilenets", "profile", "mobilenet_v2",
                         "--width-mult", "wide"], capture_output=True, text=True)

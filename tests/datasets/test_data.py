@@ -27,6 +27,7 @@ def fmnist():
     return load_fashion_mnist(download=False)
 
 
+@pytest.mark.needs_fmnist
 def test_fashion_mnist_loads_verified_and_balanced(fmnist):
     x, y = fmnist["train"]
     assert x.shape == (60000, 1, 28, 28) and x.dtype == torch.uint8
@@ -38,6 +39,7 @@ def test_fashion_mnist_loads_verified_and_balanced(fmnist):
     assert abs(x.float().std().item() / 255 - data.FMNIST_STD[0]) < 1e-3
 
 
+@pytest.mark.needs_fmnist
 def test_raw_idx_files_are_found_too(tmp_path, fmnist):
     for stem in data.FMNIST_FILES:
         (tmp_path / stem).write_bytes(gzip.decompress((FMNIST / f"{stem}.gz").read_bytes()))
@@ -45,6 +47,7 @@ def test_raw_idx_files_are_found_too(tmp_path, fmnist):
     assert torch.equal(t["test"][1], fmnist["test"][1])
 
 
+@pytest.mark.needs_fmnist
 def test_damaged_file_is_named(tmp_path):
     for stem in data.FMNIST_FILES:
         shutil.copy(FMNIST / f"{stem}.gz", tmp_path)
@@ -73,6 +76,7 @@ def _split(fmnist, augment, n=64):
     return TensorSplit(x[:n], y[:n], 28, data.FMNIST_MEAN, data.FMNIST_STD, augment)
 
 
+@pytest.mark.needs_fmnist
 def test_ranks_together_see_the_single_process_batch(fmnist):
     split = _split(fmnist, Augment(crop_padding=2, erasing=0.5))
     one = list(split.batches(8, seed=3, epoch=1))
@@ -84,6 +88,7 @@ def test_ranks_together_see_the_single_process_batch(fmnist):
         assert torch.equal(y[0::2], ya) and torch.equal(y[1::2], yb)
 
 
+@pytest.mark.needs_fmnist
 def test_resumed_epoch_sees_the_same_batches(fmnist):
     split = _split(fmnist, Augment(crop_padding=2, erasing=0.5, auto_augment="trivialaugment"))
     full = list(split.batches(8, seed=0, epoch=2))
@@ -93,6 +98,7 @@ def test_resumed_epoch_sees_the_same_batches(fmnist):
     assert not torch.equal(full[0][0], other[0][0])
 
 
+@pytest.mark.needs_fmnist
 def test_augmentation_keeps_labels_and_shapes_and_erases_to_mean(fmnist):
     x, y = fmnist["train"]
     plain = _split(fmnist, None)
@@ -128,6 +134,7 @@ def _png(arr: np.ndarray, path: Path, mode: str):
     return path
 
 
+@pytest.mark.needs_fmnist
 def test_modes_convert_to_the_same_pixels(tmp_path, fmnist):
     arr = fmnist["train"][0][0, 0].numpy()
     for mode in ("L", "I;16", "RGBA", "P", "CMYK"):
@@ -165,6 +172,7 @@ def make_folder(root: Path, fmnist, per_class=8, classes=("Bag", "Sandal", "Trou
     return root
 
 
+@pytest.mark.needs_fmnist
 def test_folder_skips_bad_files_with_warnings(tmp_path, fmnist):
     make_folder(tmp_path, fmnist)
     with warnings.catch_warnings(record=True) as w:
@@ -183,12 +191,14 @@ def test_folder_skips_bad_files_with_warnings(tmp_path, fmnist):
     assert all(b[0].shape[1:] == (1, 28, 28) for b in batches)
 
 
+@pytest.mark.needs_fmnist
 def test_folder_strict_fails_before_training(tmp_path, fmnist):
     make_folder(tmp_path, fmnist)
     with pytest.raises(MobileNetsError, match=r"(empty|notes|cut)\.(png|jpg): .*--strict"):
         open_dataset(str(tmp_path), 28, Augment(), in_chans=1, strict=True)
 
 
+@pytest.mark.needs_fmnist
 def test_folder_train_val_layout_and_seeded_split(tmp_path, fmnist):
     make_folder(tmp_path / "train", fmnist, bad=False)
     make_folder(tmp_path / "val", fmnist, per_class=2, bad=False)

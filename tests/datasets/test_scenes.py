@@ -18,6 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
+@pytest.mark.needs_fmnist
 def test_boxes_and_masks_are_exact(scenes):
     doc = json.loads((scenes / "coco/annotations/instances_train.json").read_text())
     assert len(doc["images"]) == 12 and [c["name"] for c in doc["categories"]] == list(CLASSES)
@@ -39,6 +40,7 @@ def test_boxes_and_masks_are_exact(scenes):
         np.testing.assert_array_equal(index, expected)
 
 
+@pytest.mark.needs_fmnist
 def test_same_seed_same_scenes(scenes, scene_args, tmp_path):
     write_scenes(tmp_path, **scene_args, progress=False)
     for rel in ("coco/annotations/instances_train.json", "voc/SegmentationClass/val_000003.png",
@@ -46,6 +48,7 @@ def test_same_seed_same_scenes(scenes, scene_args, tmp_path):
         assert (tmp_path / rel).read_bytes() == (scenes / rel).read_bytes()
 
 
+@pytest.mark.needs_fmnist
 def test_cli_scenes(tmp_path, capsys):
     assert main(["data", "scenes", "--out", str(tmp_path), "--train", "2", "--val", "1",
                  "--size", "48"]) == 0
@@ -54,6 +57,7 @@ def test_cli_scenes(tmp_path, capsys):
     assert main(["data", "scenes", "--out", str(tmp_path), "--size", "8"]) == 2
 
 
+@pytest.mark.needs_fmnist
 def test_readers_and_augmentation(scenes):
     ds = CocoDetection(*coco_files(scenes / "coco", "train"), detection_transforms(48, True, MEAN, STD))
     images, targets = next(iter(DataLoader(ds, batch_size=4, collate_fn=collate_detection)))
@@ -69,6 +73,7 @@ def test_readers_and_augmentation(scenes):
     assert seg.classes[0] == "background" and seg.classes[1:] == list(CLASSES)
 
 
+@pytest.mark.needs_fmnist
 def test_flip_moves_boxes_with_pixels(scenes):
     from torchvision.transforms import v2
     raw = CocoDetection(*coco_files(scenes / "coco", "train"))
@@ -123,6 +128,7 @@ def test_malformed_json_one_line(tmp_path):
         CocoDetection(path, tmp_path)
 
 
+@pytest.mark.needs_fmnist
 def test_voc_mask_size_mismatch_skipped(scenes, tmp_path):
     import shutil
     root = tmp_path / "voc"
@@ -163,6 +169,7 @@ def test_unreadable_image_files_skipped_with_count(tmp_path):
     assert ds.ids == [2] and ds[0][1]["boxes"].shape == (1, 4)
 
 
+@pytest.mark.needs_fmnist
 def test_voc_masks_with_unknown_classes_or_colours(scenes, tmp_path):
     import shutil
     root = tmp_path / "voc"

@@ -30,6 +30,8 @@ def test_peak_from_cpuinfo():
     assert avx2["flops_per_cycle"] == 32 and avx2["gflops"] == pytest.approx(4 * 2.596098 * 32)
 
 
+@pytest.mark.slow
+@pytest.mark.needs_fmnist
 def test_bench_json_contract(capsys):
     rc = main(["bench", "mobilenet_v2_035", "--resolution", "64", "--batch", "1", "2",
                "--backends", "eager,onnxruntime", "--repeats", "3", "--json"])

@@ -23,6 +23,8 @@ def ckpt(tmp_path_factory):
     return path, model
 
 
+@pytest.mark.needs_fmnist
+@pytest.mark.slow
 def test_onnx_matches_pytorch_at_any_batch(ckpt, tmp_path):
     path, model = ckpt
     assert main(["export", str(path), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
@@ -41,7 +43,9 @@ def test_onnx_matches_pytorch_at_any_batch(ckpt, tmp_path):
     assert meta["model_kwargs"]["num_classes"] == 10
 
 
-@pytest.mark.parametrize("fmt,loader", [("torchscript", load_torchscript), ("pt2", load_pt2)])
+@pytest.mark.needs_fmnist
+@pytest.mark.parametrize("fmt,loader", [("torchscript", load_torchscript),
+                                        pytest.param("pt2", load_pt2, marks=pytest.mark.slow)])
 def test_torch_formats_carry_metadata_and_match(ckpt, tmp_path, fmt, loader):
     path, model = ckpt
     out = tmp_path / f"m.{fmt}"
@@ -54,6 +58,7 @@ def test_torch_formats_carry_metadata_and_match(ckpt, tmp_path, fmt, loader):
         assert torch.allclose(module(x), model(x), rtol=0, atol=1e-4 * model(x).abs().max().item())
 
 
+@pytest.mark.needs_fmnist
 def test_failed_export_leaves_no_file(ckpt, tmp_path, monkeypatch):
     _, model = ckpt
 
@@ -65,6 +70,8 @@ def test_failed_export_leaves_no_file(ckpt, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.needs_fmnist
+@pytest.mark.slow
 def test_export_check_rejects_a_wrong_graph(ckpt, tmp_path, monkeypatch):
     _, model = ckpt
     real = export_mod.load_torchscript
@@ -105,6 +112,8 @@ def bench_model(name, resolution=32):
     return model, meta
 
 
+@pytest.mark.needs_fmnist
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mobilenet_v3_large", "mobilenet_v3_small"])
 def test_v3_onnx_export_passes_its_check(name, tmp_path, one_thread):
     model, meta = bench_model(name)
@@ -125,6 +134,8 @@ def ill_conditioned():
     return model, meta
 
 
+@pytest.mark.needs_fmnist
+@pytest.mark.slow
 def test_ill_conditioned_v3_passes_within_its_float32_noise(ill_conditioned, tmp_path, one_thread):
     model, meta = ill_conditioned
     r = export(model, tmp_path / "m.onnx", "onnx", meta)
@@ -138,8 +149,8 @@ def _flip_stem_activation(monkeypatch):
 
     def flipped(model, **kw):
         fused = real(model, **kw)
-        assert isinstance(fused.stem[-1], nn.Hardswish)
-        fused.stem[-1] = nn.ReLU()
+        assert isinstance(fused.stem.act, nn.Hardswish)
+        fused.stem.act = nn.ReLU()
         return fused
     monkeypatch.setattr(export_mod, "prepare_for_inference", flipped)
 
@@ -159,6 +170,8 @@ def _onnx_default_hardsigmoid(monkeypatch):
     monkeypatch.setattr(export_mod, "write_onnx", wrong_alpha)
 
 
+@pytest.mark.needs_fmnist
+@pytest.mark.slow
 @pytest.mark.parametrize("breaks", [_flip_stem_activation, _onnx_default_hardsigmoid])
 def test_widened_bound_still_catches_a_wrong_op(ill_conditioned, tmp_path, monkeypatch, one_thread, breaks):
     model, meta = ill_conditioned

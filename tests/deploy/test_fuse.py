@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 import mobilenets
+from mobilenets import MobileNetsError
 from mobilenets.deploy.fuse import fold_batchnorm, prepare_for_inference
 
 
@@ -45,6 +46,20 @@ def test_fold_counts_every_batchnorm():
     assert fold_batchnorm(model) == n_bn == 52
 
 
+def test_fuse_is_the_inference_form_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = randomize_bn(mobilenets.create_model("mobilenet_v2", width_mult=0.35, small_input=True))
+    fused = mobilenets.fuse(model.train())
+    assert model.training and not fused.training
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert all(not p.requires_grad for p in fused.parameters())
+    # the folded stem conv is BN's per-channel affine map applied to the conv: w·γ/σ, β − μ·γ/σ
+    bn, conv = model.stem.bn, model.stem.conv
+    scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+    torch.testing.assert_close(fused.stem.conv.weight, conv.weight * scale[:, None, None, None])
+    torch.testing.assert_close(fused.stem.conv.bias, bn.bias - bn.running_mean * scale)
+
+
 def test_fold_refuses_training_mode():
-    with pytest.raises(ValueError, match="eval"):
+    with pytest.raises(MobileNetsError, match="eval"):
         fold_batchnorm(mobilenets.create_model("mobilenet_v1", width_mult=0.25).train())

@@ -14,6 +14,9 @@ from mobilenets.deploy.export import export
 from mobilenets.deploy.predict import Predictor
 from mobilenets.deploy.quantize import quantize_onnx
 
+# Every file here is a model with batch-norm statistics from Fashion-MNIST, or trained on it.
+pytestmark = [pytest.mark.needs_fmnist, pytest.mark.slow]   # the files take a minute
+
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):

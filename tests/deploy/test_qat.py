@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -29,6 +30,7 @@ def test_attach_then_detach_keeps_float_weights():
     assert torch.equal(model.blocks[1].expand.conv.weight, raw)
 
 
+@pytest.mark.needs_fmnist
 def test_finetune_trains_with_fake_quant():
     torch.manual_seed(0)
     model = mobilenets.create_model("mobilenet_v2", width_mult=0.35, small_input=True,

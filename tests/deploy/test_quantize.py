@@ -10,6 +10,9 @@ from mobilenets.cli import main
 from mobilenets.deploy.export import export, onnx_metadata, ort_session
 from mobilenets.deploy.quantize import cpu_has_vnni, quantize_onnx
 
+# A checkpoint with Fashion-MNIST statistics, calibrated on Fashion-MNIST images.
+pytestmark = [pytest.mark.needs_fmnist, pytest.mark.slow]   # the fixture takes a minute
+
 
 @pytest.fixture(scope="module")
 def fp32(tmp_path_factory):

@@ -16,6 +16,7 @@ from mobilenets.models.weights import save_weights
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.mark.slow
 def test_detector_onnx_matches_pytorch(tmp_path):
     torch.manual_seed(0)
     model = create_model("ssdlite_mobilenet_v2", num_classes=3, width_mult=0.35).eval()
@@ -63,6 +64,7 @@ class _BoxesAndScores(nn.Module):
         return x * 64, x.softmax(-1)
 
 
+@pytest.mark.slow
 def test_cli_exports_a_segmenter_checkpoint_with_squeeze_excite(tmp_path, capsys):
     # V3's SE gates make float32 itself less exact; the bound is the classifiers' (float64 based)
     torch.manual_seed(0)

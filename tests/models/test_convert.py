@@ -10,22 +10,21 @@ import numpy as np
 import pytest
 import torch
 
-from mobilenets import create_model
+from mobilenets import create_model, fuse
 from mobilenets.cli import main
 from mobilenets.models.convert import KERAS, convert, convert_file, normalise_keras_name, rename_layers
 from mobilenets.core.errors import MobileNetsError
-from mobilenets.models.layers import ConvBNAct
 from mobilenets.models.mobilenet import load_model
 from mobilenets.models.weights import load_weights
 
 TOL = 1e-4
-# Folding batch norm into the conv (ConvBNAct's default in eval) re-rounds every layer; in these
-# random networks that alone moves logits by up to ~1.3e-4 at LOGIT_SCALE (measured over seeds),
-# so the default path is held to a looser bound and the conversion itself to TOL, unfolded.
+# Folding batch norm into the conv (`mobilenets.fuse`, the inference form) re-rounds every layer;
+# in these random networks that alone moves logits by up to ~1.3e-4 at LOGIT_SCALE (measured
+# over seeds), so the fused model is held to a looser bound and the conversion itself to TOL.
 FOLDED_TOL = 5e-4
 # fp32 rounding alone moves these logits by about 1e-5 of their size: a timm source scaled to
 # logits of 10 differs from its own float64 run by 6e-5 to 9e-5, and any reordering of the sums
-# (batch norm folded into the conv in eval, Keras' NHWC kernels) by as much. Sources'
+# (batch norm folded into the conv, Keras' NHWC kernels) by as much. Sources'
 # classifiers are scaled so logits peak at 2, where rounding stays near 2e-5 and TOL measures
 # the conversion rather than the arithmetic.
 LOGIT_SCALE = 2.0
@@ -79,20 +78,12 @@ def randomize_bn(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def set_folding(model, fold: bool):
-    for m in model.modules():
-        if isinstance(m, ConvBNAct):
-            m.fold_bn_in_eval = fold
-
-
 def assert_same(reference: torch.Tensor, model, images):
     # the comparison means something only if the logits depend on the input
     assert (reference[0] - reference[1]).abs().max() > 0.1
     with torch.no_grad():
-        set_folding(model, False)
         unfolded = model(images)
-        set_folding(model, True)
-        folded = model(images)
+        folded = fuse(model)(images)
     assert unfolded.shape == reference.shape
     diff = (unfolded - reference).abs().max().item()
     assert diff <= TOL, diff
@@ -275,6 +266,7 @@ def save_keras(model, path):
         model.save(str(path))  # legacy HDF5 layout: layer_names / weight_names attributes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls,kwargs,ours,ours_kwargs,suffix", KERAS_CASES)
 def test_keras(tmp_path, images, cls, kwargs, ours, ours_kwargs, suffix):
     source = keras_model(cls, kwargs)
@@ -285,6 +277,7 @@ def test_keras(tmp_path, images, cls, kwargs, ours, ours_kwargs, suffix):
     assert_same(keras_logits(source, images), model, images)
 
 
+@pytest.mark.slow
 def test_keras_weights_need_tf_padding(tmp_path, images):
     """The check above can fail: the same weights with PyTorch padding are measurably off."""
     source = keras_model("MobileNetV2", {"alpha": 0.5})
@@ -309,6 +302,7 @@ def keras2_name(name: str) -> str:
     return f"{m[1]}/{m[2]}" + ("/BatchNorm" if m[3] else "")
 
 
+@pytest.mark.slow
 def test_keras2_application_file_layout(tmp_path, images):
     """The files Keras applications download (Keras 2 era): weights only, layer_names at the
     root, "/" in layer names, weight names such as "Conv/BatchNorm/gamma:0"."""
@@ -343,6 +337,7 @@ def test_keras2_layer_names_read_like_keras3():
 
 # --- the written file and the verb ------------------------------------------------------------
 
+@pytest.mark.slow
 def test_convert_file_metadata_and_reload(tmp_path, images):
     source = keras_model("MobileNetV3Small", {"alpha": 0.75})
     src = tmp_path / "small.h5"

@@ -35,9 +35,9 @@ def test_ssdlite_v2_coco_91_count():
     assert round(r["madds"] / 1e9, 1) == 0.8
     names = [layer["name"] for layer in r["layers"]]
     # the first prediction layers see the 576-channel expansion of V2's 15th layer at 20×20
-    first = r["layers"][names.index("cls_heads.0.0.0")]
+    first = r["layers"][names.index("cls_heads.0.0.conv")]
     assert first["input_shape"] == [576, 20, 20] and first["kind"] == "depthwise"
-    assert all(r["layers"][names.index(f"{h}.{i}.0.0")]["kind"] == "depthwise"
+    assert all(r["layers"][names.index(f"{h}.{i}.0.conv")]["kind"] == "depthwise"
                for h in ("box_heads", "cls_heads") for i in range(6))
 
 
@@ -48,6 +48,7 @@ def test_deeplab_matches_table7_params():
     assert round(r["params"] / 1e6, 2) == 2.11
 
 
+@pytest.mark.slow
 def test_deeplab_matches_table7_madds():
     aspp16 = create_model("deeplabv3_mobilenet_v2", output_stride=16, aspp=True)
     plain16 = create_model("deeplabv3_mobilenet_v2", output_stride=16, aspp=False)
@@ -71,9 +72,11 @@ def test_ssdlite_forward_small():
     assert anchors.shape[0] == sum(h * w * a for (h, w), a in zip(sizes, anchors_per_cell(6)))
     feats = model.features(x)
     assert [tuple(f.shape[-2:]) for f in feats] == sizes
-    # the first map is the split block's expansion output
+    # the first map is the expansion output of the block that strides from 16 to 32: V2 Table 2's
+    # rows (n, s) = (1,1) (2,2) (3,2) (4,2) (3,1) (3,2) (1,1) make that block 1+2+3+4+3 = 13
+    assert model.backbone.feature_info[0]["module"] == "blocks.13.expand"
     seen = {}
-    model.blocks[model.split].expand.register_forward_hook(lambda m, i, o: seen.setdefault("x", o))
+    model.backbone.blocks[13].expand.register_forward_hook(lambda m, i, o: seen.setdefault("x", o))
     model.features(x)
     torch.testing.assert_close(seen["x"], feats[0])
     dets = model.detect(x)
@@ -90,6 +93,17 @@ def test_segmentation_forward_small(name):
     model = create_model(name, num_classes=4, width_mult=0.35).eval()
     y = model(torch.randn(2, 3, 64, 48))
     assert y.shape == (2, 4, 64, 48)
+
+
+@pytest.mark.parametrize("output_stride, low_module, low_ch", [(16, "blocks.5", 40), (8, "blocks.14", 160)])
+def test_lraspp_low_level_is_the_last_block_at_stride_8(output_stride, low_module, low_ch):
+    # V3-Large (Table 1) ends stride 8 with three 40-channel bnecks (blocks 3-5); at output
+    # stride 8 the later strides become dilations, so its last block (160 channels) is there.
+    model = create_model("lraspp_mobilenet_v3_large", num_classes=4, output_stride=output_stride)
+    low, high = model.backbone.feature_info
+    assert (low["module"], low["num_chs"], low["reduction"]) == (low_module, low_ch, 8)
+    assert (high["module"], high["num_chs"]) == ("last_conv", 960)
+    assert model.low_classifier.in_channels == low_ch
 
 
 def test_bad_options():

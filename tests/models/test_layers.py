@@ -1,6 +1,8 @@
 import torch
 
-from mobilenets.models.layers import InvertedResidual, SamePad, SqueezeExcite
+import torch.nn.functional as F
+
+from mobilenets.models.layers import ConvBNAct, Conv2dSame, InvertedResidual, SqueezeExcite, same_padding
 from mobilenets.models.specs import make_divisible
 
 
@@ -12,10 +14,47 @@ def test_make_divisible_reference_rule():
 
 
 def test_same_pad_matches_tensorflow_rule():
-    pad = SamePad(3, 2)
-    assert pad._pad(112) == (0, 1) and pad._pad(7) == (1, 1)
-    assert SamePad(5, 2)._pad(14) == (1, 2)
-    assert pad(torch.zeros(1, 1, 4, 4)).shape[-2:] == (5, 5)
+    # TF: out = ceil(n / s), total = (out - 1)·s + k - n, the odd pixel after
+    assert same_padding(112, 3, 2) == (0, 1) and same_padding(7, 3, 2) == (1, 1)
+    assert same_padding(14, 5, 2) == (1, 2) and same_padding(9, 3, 2, dilation=2) == (2, 2)
+    conv = Conv2dSame(1, 1, 3, 2, bias=False)
+    torch.nn.init.ones_(conv.weight)
+    x = torch.randn(1, 1, 4, 4)
+    # a 4×4 input at stride 2 pads one row/column after only: the same as padding by hand
+    expected = F.conv2d(F.pad(x, (0, 1, 0, 1)), conv.weight, stride=2)
+    torch.testing.assert_close(conv(x), expected)
+    assert conv(x).shape[-2:] == (2, 2)
+
+
+def test_conv_bn_act_names_its_parts_for_every_padding():
+    for padding, stride in (("symmetric", 1), ("symmetric", 2), ("same", 1), ("same", 2)):
+        unit = ConvBNAct(4, 8, 3, stride, padding=padding)
+        assert [name for name, _ in unit.named_children()] == ["conv", "bn", "act"]
+        assert sorted(unit.state_dict()) == ["bn.bias", "bn.num_batches_tracked", "bn.running_mean",
+                                             "bn.running_var", "bn.weight", "conv.weight"]
+    assert type(ConvBNAct(4, 8, 3, 2, padding="same").conv) is Conv2dSame
+    assert type(ConvBNAct(4, 8, 3, 1, padding="same").conv) is torch.nn.Conv2d
+
+
+def test_eval_runs_batch_norm_as_a_module():
+    # Hooks on `bn` see the eval-mode forward pass, and its output is BN's formula applied to
+    # the conv's output.
+    torch.manual_seed(0)
+    unit = ConvBNAct(8, 16, 3, 2, act=None, padding="same")
+    with torch.no_grad():
+        bn = unit.bn
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-1, 1)
+    unit.eval()
+    seen = {}
+    unit.bn.register_forward_hook(lambda m, i, o: seen.update(inputs=i[0], out=o))
+    x = torch.randn(2, 8, 9, 9)
+    with torch.no_grad():
+        y = unit(x)
+        conv = unit.conv(x)
+    assert "out" in seen and seen["out"] is y
+    scale = (bn.weight / (bn.running_var + bn.eps).sqrt())[:, None, None]
+    torch.testing.assert_close(y, (conv - bn.running_mean[:, None, None]) * scale + bn.bias[:, None, None])
 
 
 def test_squeeze_excite_gates_channels():
@@ -38,36 +77,6 @@ def test_v1_block_is_depthwise_then_pointwise_with_relu():
 
 def test_residual_block_adds_its_input():
     block = InvertedResidual(16, 16, 96).eval()
-    torch.nn.init.zeros_(block.project[1].weight)     # branch output 0 -> block is identity
+    torch.nn.init.zeros_(block.project.bn.weight)     # branch output 0 -> block is identity
     x = torch.randn(1, 16, 6, 6)
     torch.testing.assert_close(block(x), x)
-
-
-def test_eval_folds_batch_norm_into_conv_with_the_same_output():
-    from mobilenets.models.layers import ConvBNAct, bn_unfolded
-    torch.manual_seed(0)
-    unit = ConvBNAct(8, 16, 3, 2, act="relu6", padding="same")
-    with torch.no_grad():                   # BN with non-trivial statistics and affine terms
-        bn = unit[2]
-        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
-        bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-1, 1)
-    unit.eval()
-    x = torch.randn(2, 8, 9, 9)
-    folded = unit(x)
-    with bn_unfolded(unit):
-        plain = unit(x)
-    assert unit.fold_bn_in_eval
-    torch.testing.assert_close(folded, plain, rtol=1e-5, atol=1e-6)
-    assert folded.shape == (2, 16, 5, 5)
-    assert (folded - plain).abs().max() > 0     # the two paths really are different arithmetic
-
-
-def test_bn_unfolded_is_per_model_and_restores_instance_settings():
-    from mobilenets.models.layers import ConvBNAct, bn_unfolded
-    a, b = ConvBNAct(4, 4, 1), ConvBNAct(4, 4, 1)
-    b.fold_bn_in_eval = False                      # a user's own instance setting survives
-    with bn_unfolded(a), bn_unfolded(b):
-        assert not a.fold_bn_in_eval and not b.fold_bn_in_eval
-        assert ConvBNAct.fold_bn_in_eval           # the class default is never touched
-    assert a.fold_bn_in_eval and "fold_bn_in_eval" not in a.__dict__
-    assert b.fold_bn_in_eval is False

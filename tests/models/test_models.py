@@ -4,6 +4,7 @@ import torch
 import mobilenets
 from mobilenets import MobileNetsError, create_model, list_models
 from mobilenets.models.mobilenet import model_defaults
+from mobilenets.models.layers import Conv2dSame, same_padding
 from mobilenets.models.specs import build_arch
 from mobilenets.models.tables import V2_BLOCKS
 
@@ -48,7 +49,7 @@ def test_v2_shortcut_only_where_stride_1_and_channels_match():
     assert residual == [2, 4, 5, 7, 8, 9, 11, 12, 14, 15]
     first = model.blocks[0]
     assert isinstance(first.expand, torch.nn.Identity)   # t = 1: no expansion conv
-    assert isinstance(model.blocks[1].project[-1], torch.nn.Identity)   # linear bottleneck
+    assert isinstance(model.blocks[1].project.act, torch.nn.Identity)   # linear bottleneck
 
 
 def test_width_multiplier_rounding_and_last_layer_rule():
@@ -102,6 +103,59 @@ def test_features_only_and_feature_info():
     assert [f.shape[1] for f in m(torch.randn(1, 3, 64, 64))] == [16, 96]
 
 
+def classifier_maps(name, modules, x, **kw):
+    """The tensors that the named modules of a classifier output, seen by hooks."""
+    torch.manual_seed(0)
+    full = create_model(name, **kw).eval()
+    seen = {}
+    for module in modules:
+        full.get_submodule(module).register_forward_hook(lambda m, i, o, k=module: seen.setdefault(k, o))
+    with torch.no_grad():
+        full(x)
+    return full, [seen[m] for m in modules]
+
+
+def test_features_only_model_has_the_whole_api():
+    m = create_model("mobilenet_v3_large", features_only=True, out_indices=(1, 3)).eval()
+    # V3-Large strides at blocks 1, 3, 6 and 12, so the levels end at blocks 0, 2, 5, 11, 14
+    assert [(i["module"], i["reduction"]) for i in m.feature_info] == [("blocks.2", 4), ("blocks.11", 16)]
+    assert len(m.blocks) == 12     # nothing past the deepest requested level
+    x = torch.randn(1, 3, 64, 64)
+    full, expected = classifier_maps("mobilenet_v3_large", ["blocks.2", "blocks.11"], x)
+    m.load_state_dict({k: v for k, v in full.state_dict().items() if k in m.state_dict()})
+    with torch.no_grad():
+        maps = m(x)
+        deepest = m.forward_features(x)
+    assert [tuple(t.shape[1:]) for t in maps] == [(24, 16, 16), (112, 4, 4)]
+    for got, want in zip(maps, expected):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(deepest, maps[-1])
+    assert m.num_features == 112
+    for call in (lambda: m.forward_head(deepest), m.get_classifier, lambda: m.reset_classifier(3)):
+        with pytest.raises(MobileNetsError, match="a features_only model has no head"):
+            call()
+
+
+def test_expansion_levels_and_last_conv():
+    m = create_model("mobilenet_v2", features_only=True, feature_location="expansion",
+                     keep_last_conv=True).eval()
+    # V2 strides at blocks 1, 3, 6, 13, whose inputs (16, 24, 32, 96 channels) expand 6×
+    assert [i["num_chs"] for i in m.feature_info] == [96, 144, 192, 576, 320, 1280]
+    assert [i["reduction"] for i in m.feature_info] == [2, 4, 8, 16, 32, 32]
+    modules = [i["module"] for i in m.feature_info]
+    assert modules[:4] == ["blocks.1.expand", "blocks.3.expand", "blocks.6.expand", "blocks.13.expand"]
+    x = torch.randn(1, 3, 64, 64)
+    full, expected = classifier_maps("mobilenet_v2", modules, x)
+    m.load_state_dict({k: v for k, v in full.state_dict().items() if k in m.state_dict()})
+    with torch.no_grad():
+        for got, want in zip(m(x), expected):
+            torch.testing.assert_close(got, want)
+    with pytest.raises(MobileNetsError, match="feature_location='middle' is not one of"):
+        create_model("mobilenet_v2", features_only=True, feature_location="middle")
+    with pytest.raises(MobileNetsError, match="mobilenet_v1 has no last 1×1 conv"):
+        create_model("mobilenet_v1", features_only=True, keep_last_conv=True)
+
+
 def test_output_stride_dilates_instead_of_striding():
     m = create_model("mobilenet_v2", features_only=True, output_stride=16).eval()
     assert [i["reduction"] for i in m.feature_info] == [2, 4, 8, 16, 16]
@@ -111,7 +165,7 @@ def test_output_stride_dilates_instead_of_striding():
 
 def test_ablation_switches():
     relu6 = create_model("mobilenet_v2", proj_act="relu6")
-    assert isinstance(relu6.blocks[3].project[-1], torch.nn.ReLU6)
+    assert isinstance(relu6.blocks[3].project.act, torch.nn.ReLU6)
     none = create_model("mobilenet_v2", shortcut="none")
     assert not any(b.residual for b in none.blocks)
     exp = create_model("mobilenet_v2", shortcut="expansion")
@@ -124,9 +178,10 @@ def test_ablation_switches():
 
 def test_same_padding_pads_bottom_right_at_stride_2():
     m = create_model("mobilenet_v2", padding="same").eval()
-    pad = m.stem[0]
-    assert pad._pad(224) == (0, 1) and pad._pad(225) == (1, 1)
-    assert m.stem.conv.padding == (0, 0) and m.stem[2].eps == 1e-3
+    assert isinstance(m.stem.conv, Conv2dSame)
+    # 224 at stride 2: out 112, total (112 - 1)·2 + 3 - 224 = 1, after; 225: 2, split evenly
+    assert same_padding(224, 3, 2) == (0, 1) and same_padding(225, 3, 2) == (1, 1)
+    assert m.stem.conv.padding == (0, 0) and m.stem.bn.eps == 1e-3
     assert m(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
 
 
@@ -135,7 +190,7 @@ def test_weight_init_as_reference():
     m = create_model("mobilenet_v2")
     w = m.classifier.weight
     assert abs(w.std().item() - 0.01) < 1e-3 and m.classifier.bias.abs().sum() == 0
-    conv = m.blocks[5].project[0].weight      # kaiming fan_out: std = sqrt(2 / (out * k * k))
+    conv = m.blocks[5].project.conv.weight      # kaiming fan_out: std = sqrt(2 / (out * k * k))
     assert abs(conv.std().item() - (2 / 32) ** 0.5) < 0.01
 
 

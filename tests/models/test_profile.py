@@ -21,7 +21,7 @@ def test_result_keys_and_per_layer_rows():
     assert r["model"] == "mobilenet_v2" and r["width_mult"] == 1.4 and r["resolution"] == 224
     assert sum(layer["madds"] for layer in r["layers"]) == r["madds"]
     first = r["layers"][0]
-    assert first["name"] == "stem.0" and first["kind"] == "conv"
+    assert first["name"] == "stem.conv" and first["kind"] == "conv"
     assert first["madds"] == 112 * 112 * 48 * 3 * 3 * 3 and first["output_shape"] == [48, 112, 112]
     kinds = {layer["kind"] for layer in r["layers"]}
     assert kinds == {"conv", "pointwise", "depthwise", "fc"}
@@ -71,10 +71,10 @@ def test_eager_peak_counts_the_tensor_held_for_the_shortcut():
 
 def test_profile_leaves_the_model_untouched_and_real():
     m = create_model("mobilenet_v3_small").train()
-    before = m.blocks[3].expand[0].weight.clone()
+    before = m.blocks[3].expand.conv.weight.clone()
     profile(m, 96)
-    assert m.training and m.blocks[3].expand[0].weight.device.type == "cpu"
-    assert torch.equal(before, m.blocks[3].expand[0].weight)
+    assert m.training and m.blocks[3].expand.conv.weight.device.type == "cpu"
+    assert torch.equal(before, m.blocks[3].expand.conv.weight)
 
 
 def test_resolution_below_total_stride_is_an_error():

@@ -14,7 +14,9 @@ import torch
 from mobilenets import create_model
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.models import weights
-from mobilenets.models.weights import (imagenet_classes, load_backbone, load_weights, resolve_weights, save_weights)
+from mobilenets.models.layers import ConvBNAct
+from mobilenets.models.weights import (imagenet_classes, load_backbone, load_weights, resolve_weights, save_weights,
+                                       upgrade_state, write_weights)
 from mobilenets.models.mobilenet import load_model
 
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -60,8 +62,8 @@ def test_round_trip(saved):
     state, meta = load_weights(path)
     assert meta["model"] == "mobilenet_v2" and meta["format"] == "mobilenets/1"
     assert meta["model_kwargs"] == {"width_mult": 0.35, "num_classes": 10}
-    assert torch.equal(state["blocks.3.expand.1.running_var"],
-                       model.state_dict()["blocks.3.expand.1.running_var"])
+    assert torch.equal(state["blocks.3.expand.bn.running_var"],
+                       model.state_dict()["blocks.3.expand.bn.running_var"])
     loaded, _ = load_model(path)
     assert torch.equal(logits(loaded), logits(model))
     assert loaded.classes[3] == "c3" and loaded.pretrained_cfg["resolution"] == 64
@@ -84,7 +86,7 @@ def test_pretrained_takes_shape_neutral_options_from_the_file(tmp_path):
     save_weights(path, model)
     loaded = create_model("mobilenet_v1", pretrained=path)
     assert loaded.model_kwargs == {"width_mult": 0.25, "num_classes": 5, "padding": "same", "act": "relu6"}
-    assert isinstance(loaded.stem[0], torch.nn.Module) and type(loaded.stem[0]).__name__ == "SamePad"
+    assert type(loaded.stem.conv).__name__ == "Conv2dSame"
     assert torch.equal(logits(loaded), logits(model))
     # an explicit option still wins
     assert create_model("mobilenet_v1", pretrained=path, act="relu").model_kwargs["act"] == "relu"
@@ -96,7 +98,7 @@ def test_other_width_is_named(saved):
         create_model("mobilenet_v2_050", pretrained=str(path), num_classes=10)
     msg = one_line_error(e)
     assert msg.startswith(str(path)) and "missing" not in msg and "unexpected" not in msg
-    assert "wrong shape: blocks.1.project.0.weight (8, 48, 1, 1) vs (16, 48, 1, 1)" in msg
+    assert "wrong shape: blocks.1.project.conv.weight (8, 48, 1, 1) vs (16, 48, 1, 1)" in msg
 
 
 def test_other_architecture_is_named(saved):
@@ -308,14 +310,15 @@ def test_imagenet_classes():
 
 def test_act_option():
     v1 = create_model("mobilenet_v1_025", act="relu6")
-    assert isinstance(v1.stem[2], torch.nn.ReLU6) and isinstance(v1.blocks[0].project[2], torch.nn.ReLU6)
-    assert isinstance(create_model("mobilenet_v1_025").stem[2], torch.nn.ReLU)
+    assert isinstance(v1.stem.act, torch.nn.ReLU6) and isinstance(v1.blocks[0].project.act, torch.nn.ReLU6)
+    assert isinstance(create_model("mobilenet_v1_025").stem.act, torch.nn.ReLU)
     with pytest.raises(MobileNetsError, match="applies to MobileNetV1/V2"):
         create_model("mobilenet_v3_small", act="relu6")
     with pytest.raises(MobileNetsError, match="act='gelu' is not one of"):
         create_model("mobilenet_v2", act="gelu")
 
 
+@pytest.mark.slow
 def test_safetensors_whose_header_length_starts_with_0x80(tmp_path):
     # The first byte of the header length is the pickle magic by chance; the file must still be
     # read as safetensors, metadata included.
@@ -341,17 +344,71 @@ def test_backbone_of_a_classifier_starts_a_segmenter(tmp_path):
     head_before = {k: v.clone() for k, v in seg.state_dict().items() if k.startswith("head")}
     got = load_backbone(seg, path)
     theirs, ours = classifier.state_dict(), seg.state_dict()
-    backbone = [k for k in ours if k.split(".")[0] in ("stem", "blocks", "last_conv")
-                and "num_batches" not in k]
+    # the segmenter's backbone is its `backbone` child: the classifier's stem and blocks
+    backbone = [k for k in ours if k.startswith("backbone.") and "num_batches" not in k]
     assert got == {"loaded": len(backbone), "backbone_tensors": len(backbone), "skipped": []}
-    assert len(backbone) > 200 and all(torch.equal(ours[k], theirs[k]) for k in backbone)
+    assert len(backbone) > 200
+    assert all(torch.equal(ours[k], theirs[k.removeprefix("backbone.")]) for k in backbone)
     assert all(torch.equal(ours[k], v) for k, v in head_before.items())     # the head stays
     # a grayscale classifier: all but the stem's convolution
     gray = tmp_path / "gray.safetensors"
     save_weights(gray, create_model("mobilenet_v2", num_classes=10, width_mult=0.35, in_chans=1))
     got = load_backbone(seg, gray)
-    assert got["skipped"] == ["stem.0.weight"] and got["loaded"] == len(backbone) - 1
+    assert got["skipped"] == ["backbone.stem.conv.weight"] and got["loaded"] == len(backbone) - 1
     other = tmp_path / "wide.safetensors"
     save_weights(other, create_model("mobilenet_v2", num_classes=10, width_mult=1.0))
     with pytest.raises(MobileNetsError, match="wide.safetensors: shares no backbone tensor"):
         load_backbone(seg, other)
+
+
+def sequential_layout(model, padding: str) -> dict:
+    """The model's state dict as files written before ConvBNAct named its parts held it: a unit
+    was a sequence, conv at 0 and BN at 1, or conv at 1 and BN at 2 where TF "same" padding put
+    a padding module first (strided layers); a task model held its backbone's `stem`, `blocks`,
+    `last_conv` at the top."""
+    shifted = {name for name, m in model.named_modules()
+               if isinstance(m, ConvBNAct) and padding == "same" and m.conv.stride[0] > 1}
+    old = {}
+    for key, tensor in model.state_dict().items():
+        unit, part, param = key.rsplit(".", 2) if key.count(".") >= 2 else ("", "", key)
+        if part in ("conv", "bn") and isinstance(model.get_submodule(unit), ConvBNAct):
+            key = f"{unit}.{(unit in shifted) + (part == 'bn')}.{param}"
+        old[key.removeprefix("backbone.")] = tensor
+    return old
+
+
+@pytest.mark.parametrize("padding", ["symmetric", "same"])
+def test_files_in_the_sequential_layout_still_load(tmp_path, padding):
+    model = tiny(padding=padding)
+    old = sequential_layout(model, padding)
+    first = "stem.1.weight" if padding == "same" else "stem.0.weight"
+    assert old[first].dim() == 4 and "stem.conv.weight" not in old
+    path = tmp_path / "old.safetensors"
+    write_weights(path, old, {"format": "mobilenets/1", "model": "mobilenet_v2",
+                              "model_kwargs": {"width_mult": 0.35, "num_classes": 10,
+                                               "padding": padding}})
+    loaded, _ = load_model(path)
+    assert torch.equal(logits(loaded), logits(model))
+    state = model.state_dict()
+    assert upgrade_state(state, model) is state   # the current layout passes as it is
+
+
+def test_task_model_files_in_the_old_layout_still_load(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("ssdlite_mobilenet_v2", num_classes=3, width_mult=0.35).eval()
+    old = sequential_layout(model, "symmetric")
+    assert "stem.0.weight" in old and "box_heads.0.0.0.weight" in old and "box_heads.0.1.bias" in old
+    path = tmp_path / "ssd.safetensors"
+    write_weights(path, old, {"format": "mobilenets/1", "model": "ssdlite_mobilenet_v2", "task": "detection",
+                              "model_kwargs": {"num_classes": 3, "width_mult": 0.35}})
+    loaded, _ = load_model(path)
+    with torch.no_grad():
+        for a, b in zip(loaded.eval()(X), model(X)):
+            assert torch.equal(a, b)
+    # and a classifier takes a task model's backbone, whose names sit under `backbone.`
+    new = tmp_path / "ssd_new.safetensors"
+    save_weights(new, model)
+    classifier = create_model("mobilenet_v2", width_mult=0.35, num_classes=10)
+    got = load_backbone(classifier, new)
+    assert got["loaded"] == got["backbone_tensors"] and got["skipped"] == []
+    assert torch.equal(classifier.last_conv.conv.weight, model.backbone.last_conv.conv.weight)

@@ -8,7 +8,8 @@ from mobilenets import create_model
 from mobilenets.datasets.classification import open_dataset
 from mobilenets.train.evaluate import evaluate
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# Fashion-MNIST test images.
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.needs_fmnist]
 
 
 def test_flip_scores_the_mean_of_image_and_mirror_probabilities():

@@ -9,7 +9,8 @@ from mobilenets.deploy.predict import predict_image
 from mobilenets.models.weights import save_task_weights
 from mobilenets.models.weights import save_weights
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# Scenes are built from Fashion-MNIST items.
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.needs_fmnist]
 
 NAMES = ["background", *CLASSES]
 

@@ -28,6 +28,7 @@ def _as_results(ds, shift=0.0):
     return out
 
 
+@pytest.mark.needs_fmnist
 def test_map_of_ground_truth_is_one(coco):
     scores = coco_map(coco.coco, _as_results(coco))
     assert scores["mAP"] == pytest.approx(1.0) and scores["AP50"] == pytest.approx(1.0)
@@ -35,6 +36,7 @@ def test_map_of_ground_truth_is_one(coco):
     assert all(scores["per_class_AP"][n] == pytest.approx(1.0) for n in present)
 
 
+@pytest.mark.needs_fmnist
 def test_shifted_boxes_pass_ap50_fail_ap75(coco):
     # shifting by 0.25 of the width gives IoU 0.75 / 1.25 = 0.6
     scores = coco_map(coco.coco, _as_results(coco, shift=0.25))

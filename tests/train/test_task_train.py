@@ -13,7 +13,8 @@ from mobilenets.cli import main
 from mobilenets.train import DEFAULTS, load_recipe, train
 from mobilenets.models.weights import save_weights
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# Scenes are built from Fashion-MNIST items.
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.needs_fmnist]
 
 # channels_last off and the same batch size in `eval`: the trainer's evaluation and `eval` then
 # run the same kernels on the same tensors, so their metrics agree to the last digit.
@@ -25,6 +26,7 @@ def rows(path):
     return [json.loads(ln) for ln in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, task, model, sub, keys", [
     (["--task", "detection"], "detection", "ssdlite_mobilenet_v2", "coco", ("mAP", "AP50", "AP75")),
     # no --task: the model says what it does
@@ -82,6 +84,7 @@ def test_train_resume_eval_predict(tmp_path, scenes, capsys, args, task, model, 
     assert Image.open(png).size == (64, 64)
 
 
+@pytest.mark.slow
 def test_interrupted_detection_run_resumes_exactly(tmp_path, scenes, interrupt_at):
     """Augmentation is seeded per (seed, epoch, item): an interrupted and resumed run matches
     the uninterrupted one record for record and weight for weight."""
@@ -134,6 +137,7 @@ def test_classifier_tools_refuse_task_files(tmp_path, scenes, capsys):
     assert "--out draws boxes or masks" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_backbone_from_a_classifier_starts_the_segmenter(tmp_path, scenes, capsys):
     classifier = tmp_path / "cls.safetensors"
     save_weights(classifier, create_model("mobilenet_v2", num_classes=10, width_mult=0.35))
@@ -141,8 +145,7 @@ def test_backbone_from_a_classifier_starts_the_segmenter(tmp_path, scenes, capsy
     assert main(["train", "--model", "deeplabv3_mobilenet_v2", "--data", data, "--out", str(out),
                  "--epochs", "1", "--backbone", str(classifier), *TINY]) == 0
     seg = create_model("deeplabv3_mobilenet_v2", num_classes=11, width_mult=0.35)
-    n = sum(k.split(".")[0] in ("stem", "blocks", "last_conv") and "num_batches" not in k
-            for k in seg.state_dict())
+    n = sum(k.startswith("backbone.") and "num_batches" not in k for k in seg.state_dict())
     assert f"backbone: {n} of the model's {n} backbone tensors from {classifier}" in capsys.readouterr().err
     assert json.loads((out / "config.json").read_text())["backbone"] == str(classifier)
     wide = tmp_path / "wide.safetensors"

@@ -7,7 +7,8 @@ from mobilenets import MobileNetsError, create_model
 from mobilenets.datasets.scenes import write_scenes
 from mobilenets.train.tasks import build_task
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# Scenes are built from Fashion-MNIST items.
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.needs_fmnist]
 
 STEPS = 12
 
@@ -40,6 +41,7 @@ def _fit(task_name, model_name, data, steps=STEPS, evaluate_on_train=False):
     return losses, metrics
 
 
+@pytest.mark.slow
 def test_detection_learns(scenes):
     losses, metrics = _fit("detection", "ssdlite_mobilenet_v2", scenes / "coco")
     assert sum(losses[-3:]) < 0.6 * sum(losses[:3])
@@ -47,6 +49,7 @@ def test_detection_learns(scenes):
     assert 0 <= metrics["metric"] == metrics["AP50"] <= 1
 
 
+@pytest.mark.slow
 def test_detector_fits_its_training_scenes(scenes):
     # Model, loss, post-processing and COCO evaluation together: memorising 8 scenes must
     # show up as training-set AP.

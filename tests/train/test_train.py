@@ -17,6 +17,9 @@ from mobilenets.train import DEFAULTS, TrainingStopped, load_recipe, train
 from mobilenets.train.tasks import ClassificationTask
 from mobilenets.models.mobilenet import load_model
 
+# Real Fashion-MNIST runs (the data opens before the model is built).
+pytestmark = pytest.mark.needs_fmnist
+
 TIMING = ("epoch_seconds", "img_per_s")
 
 
@@ -50,6 +53,7 @@ def run(tmp_path_factory):
     return out, report
 
 
+@pytest.mark.slow
 def test_run_directory_contract(run):
     out, report = run
     for name in ("best.safetensors", "last.pt", "metrics.jsonl", "report.json", "training_curve.png"):
@@ -72,6 +76,7 @@ def test_run_directory_contract(run):
     assert state["epoch"] == 5 and state["step_in_epoch"] == 0 and state["global_step"] == 120
 
 
+@pytest.mark.slow
 def test_best_weights_carry_what_inference_needs(run):
     out, report = run
     model, meta = load_model(out / "best.safetensors")
@@ -177,6 +182,7 @@ def test_invalid_recipe_values(tmp_path, over, match):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_model_options_reach_the_weights_and_old_checkpoints_resume(tmp_path, run):
     out, report = run
     # A checkpoint written before model_options existed resumes with the default ({}).
@@ -196,6 +202,7 @@ def test_model_options_reach_the_weights_and_old_checkpoints_resume(tmp_path, ru
     assert {b.proj_act for b in model.arch.blocks} == {"relu6"}
 
 
+@pytest.mark.slow
 def test_resume_errors_overwrite_nothing(tmp_path, run):
     out, _ = run
     with pytest.raises(MobileNetsError, match=r"no checkpoint at .*missing$"):
@@ -214,6 +221,7 @@ def test_resume_errors_overwrite_nothing(tmp_path, run):
     assert (out / "last.pt").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_cli_train_eval_and_one_line_errors(tmp_path, capsys):
     out = tmp_path / "cli"
     rc = main(["train", "--data", "fashion-mnist", "--epochs", "1", "--batch-size", "32", "--out", str(out),
