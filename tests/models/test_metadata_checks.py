@@ -93,7 +93,7 @@ def test_forged_in_chans_is_refused(forge):
     with pytest.raises(MobileNetsError) as e:
         load_model(path)
     assert refusal(e, path).endswith("allowed: metadata model_kwargs.in_chans=3 "
-                                     "(its stem.0.weight is (16, 3, 3, 3))")
+                                     "(its stem.conv.weight is (16, 3, 3, 3))")
 
 
 @pytest.mark.parametrize("key, value, allowed", [
