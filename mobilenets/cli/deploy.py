@@ -52,7 +52,7 @@ def add_commands(sub) -> None:
     p.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     p.add_argument("--backends", default="eager,onnxruntime,int8",
                    help=f"comma-separated, from {','.join(BACKENDS)}")
-    p.add_argument("--vs", default="", help="peers: torchvision")
+    p.add_argument("--vs", default="", help="peers, comma-separated: torchvision, timm")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--resolution", type=int, default=None)

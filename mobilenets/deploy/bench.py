@@ -33,7 +33,7 @@ from ..models.mobilenet import create_model, model_defaults
 from ..models.profile import profile
 
 BACKENDS = ("eager", "compiled", "onnxruntime", "int8")
-PEERS = ("torchvision",)
+PEERS = ("torchvision", "timm")
 # (vendor, cpu family) → (FMA pipes per core, FMA datapath bits); family numbers are decimal.
 FMA_UNITS = {
     ("AuthenticAMD", 23): (2, 256),   # Zen, Zen 2 (Zen 1 splits 256-bit ops, close enough)
@@ -208,30 +208,60 @@ def _madds(model, res: int) -> int:
 
 TORCHVISION_PEERS = {"mobilenet_v2": "mobilenet_v2", "mobilenet_v3_large": "mobilenet_v3_large",
                      "mobilenet_v3_small": "mobilenet_v3_small"}
+# timm spells our family names without the underscore before the version and a width as `_NNN`.
+TIMM_FAMILIES = {"mobilenet_v1": "mobilenetv1", "mobilenet_v2": "mobilenetv2",
+                 "mobilenet_v3_large": "mobilenetv3_large", "mobilenet_v3_small": "mobilenetv3_small"}
+
+
+def _width(model) -> float:
+    name = getattr(model, "model_name", "")
+    return (getattr(model, "model_kwargs", {}) or {}).get(
+        "width_mult", model_defaults(name).get("width_mult", 1.0) if name else 1.0)
+
+
+def _peer_model(peer: str, model) -> nn.Module | None:
+    """The peer library's build of the same architecture with random weights, or None where the
+    peer has no such model (torchvision: no V1 or V4, V3 only at width 1.0)."""
+    if peer not in PEERS:
+        raise MobileNetsError(f"--vs {peer!r} is not one of {', '.join(PEERS)}")
+    kwargs = getattr(model, "model_kwargs", {}) or {}
+    if kwargs.get("small_input") or kwargs.get("in_chans", 3) != 3:
+        return None   # ImageNet-shaped peers only
+    if peer == "torchvision":
+        import torchvision
+        tv_name, width = TORCHVISION_PEERS.get(model.arch.family), _width(model)
+        if tv_name is None or (width != 1.0 and tv_name != "mobilenet_v2"):
+            return None
+        kw = {"width_mult": width} if tv_name == "mobilenet_v2" else {}
+        return getattr(torchvision.models, tv_name)(**kw)
+    else:
+        import timm
+        name = getattr(model, "model_name", "")
+        if name.startswith("mobilenet_v4_"):
+            timm_name = name.replace("mobilenet_v4_", "mobilenetv4_")
+        elif model.arch.family in TIMM_FAMILIES:
+            timm_name = f"{TIMM_FAMILIES[model.arch.family]}_{round(_width(model) * 100):03d}"
+        else:
+            return None
+        return timm.create_model(timm_name) if timm.is_model(timm_name) else None
 
 
 def _peer_contenders(peer: str, model, res: int, workdir: Path, threads: int) -> list[Contender]:
-    import torchvision
-    if peer != "torchvision":
-        raise MobileNetsError(f"--vs {peer!r} is not one of {', '.join(PEERS)}")
-    name = getattr(model, "model_name", "")
-    tv_name = TORCHVISION_PEERS.get(model.arch.family)
-    width = (getattr(model, "model_kwargs", {}) or {}).get(
-        "width_mult", model_defaults(name).get("width_mult", 1.0) if name else 1.0)
-    if tv_name is None or (width != 1.0 and tv_name != "mobilenet_v2"):
-        return []   # torchvision has no MobileNetV1 and V3 only at width 1.0
-    kw = {"width_mult": width} if tv_name == "mobilenet_v2" else {}
-    tv = getattr(torchvision.models, tv_name)(**kw).eval()
-    tv.pretrained_cfg = {"in_chans": 3}
-    madds = profile(tv, res)["madds"]
-    out = [Contender("torchvision-eager", "fp32", madds,
-                     _torch_call(tv.to(memory_format=torch.channels_last)))]
-    path = workdir / "torchvision.onnx"
+    """The peer's model timed eager (channels_last, like ours) and in ONNX Runtime."""
+    theirs = _peer_model(peer, model)
+    if theirs is None:
+        return []
+    theirs = theirs.eval()
+    theirs.pretrained_cfg = {"in_chans": 3}
+    madds = profile(theirs, res)["madds"]
+    out = [Contender(f"{peer}-eager", "fp32", madds,
+                     _torch_call(theirs.to(memory_format=torch.channels_last)))]
+    path = workdir / f"{peer}.onnx"
     batch = torch.export.Dim("batch", min=1, max=4096)
-    torch.onnx.export(tv, (torch.randn(2, 3, res, res),), str(path), input_names=["images"],
+    torch.onnx.export(theirs, (torch.randn(2, 3, res, res),), str(path), input_names=["images"],
                       output_names=["logits"], dynamic_shapes={"x": {0: batch}},
                       external_data=False, verbose=False)
-    out.append(Contender("torchvision-onnxruntime", "fp32", madds, _ort_call(path, threads)))
+    out.append(Contender(f"{peer}-onnxruntime", "fp32", madds, _ort_call(path, threads)))
     return out
 
 

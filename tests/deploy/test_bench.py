@@ -51,3 +51,32 @@ def test_bench_json_contract(capsys):
 def test_bench_rejects_unknown_backends():
     with pytest.raises(MobileNetsError, match="--backends tpu: allowed: eager, compiled, onnxruntime, int8"):
         run_bench("mobilenet_v2_035", backends=("tpu",))
+
+
+@pytest.mark.parametrize("name,kwargs,timm_name", [
+    ("mobilenet_v4_conv_small", {}, "mobilenetv4_conv_small"),
+    ("mobilenet_v2", {"width_mult": 0.5}, "mobilenetv2_050"),
+    ("mobilenet_v3_large", {}, "mobilenetv3_large_100"),
+])
+def test_timm_peer_is_the_same_network(name, kwargs, timm_name):
+    """`--vs timm` races timm's build of the architecture: same parameter count as ours."""
+    import torch
+    from mobilenets import create_model
+    from mobilenets.deploy.bench import _peer_model
+    pytest.importorskip("timm")
+    with torch.device("meta"):
+        ours = create_model(name, **kwargs)
+        theirs = _peer_model("timm", ours)
+    assert theirs.default_cfg["architecture"] == timm_name
+    assert sum(p.numel() for p in theirs.parameters()) == sum(p.numel() for p in ours.parameters())
+
+
+def test_no_peer_for_small_input_or_unknown_library():
+    import torch
+    from mobilenets import create_model
+    from mobilenets.deploy.bench import _peer_model
+    with torch.device("meta"):
+        small = create_model("mobilenet_v2", width_mult=0.35, small_input=True, in_chans=1, num_classes=10)
+    assert _peer_model("timm", small) is None and _peer_model("torchvision", small) is None
+    with pytest.raises(MobileNetsError, match="--vs 'keras' is not one of torchvision, timm"):
+        _peer_model("keras", small)

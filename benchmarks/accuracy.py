@@ -1,0 +1,147 @@
+"""Re-make a headline accuracy number: train with a shipped recipe, score the returned model on the
+test split once (with and without flip averaging), and write a small JSON summary beside the
+machine it ran on.
+
+    python benchmarks/accuracy.py --list
+    python benchmarks/accuracy.py fashion-mnist [--threads 2] [--seed 0] [--run-dir DIR] [--keep-weights]
+    python benchmarks/accuracy.py fashion-mnist --collect runs/fmnist      # summarise a finished run
+
+The model is chosen on the held-out val split of the training images (the recipe's
+`val_fraction`); the test images are never seen before the end. An interrupted training resumes
+when the same command is run again. The summary goes to benchmarks/results/accuracy/NAME.json
+(with `--keep-weights`, the weights to NAME.safetensors, so `mobilenets eval` re-scores them in
+seconds). With `--collect`, the machine is described when the summary is written, not while the
+run trained; the summary says so.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mobilenets.core.io import atomic_write_text  # noqa: E402
+from mobilenets.core.machine import describe_machine  # noqa: E402
+
+FMNIST = ["--data", "fashion-mnist", "--recipe", "fashion-mnist"]
+EXPERIMENTS = {
+    "fashion-mnist": (FMNIST, "the shipped Fashion-MNIST recipe: MobileNetV2 0.35, small input, 9 epochs"),
+    "fashion-mnist-v4-conv-small-3ep": (
+        FMNIST + ["--model", "mobilenet_v4_conv_small", "--width-mult", "1.0", "--set", "epochs=3"],
+        "MobileNetV4-Conv-S, small input, the Fashion-MNIST recipe cut to 3 epochs"),
+    "fashion-mnist-v3-small-3ep": (
+        FMNIST + ["--model", "mobilenet_v3_small", "--width-mult", "1.0", "--set", "epochs=3"],
+        "MobileNetV3-Small, small input, the Fashion-MNIST recipe cut to 3 epochs"),
+}
+RESULTS = ROOT / "benchmarks" / "results" / "accuracy"
+REPORT_KEYS = ("model", "model_kwargs", "recipe", "data", "resolution", "epochs", "train_seconds",
+               "params", "madds", "selection", "best_epoch", "val_images", "val_top1", "val_top5",
+               "test_images", "test_top1", "test_top5")
+
+
+def mobilenets_cli(*args: str, threads: int | None) -> None:
+    env = dict(os.environ)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    cmd = [sys.executable, "-m", "mobilenets", *args]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT, env=env)
+
+
+def train(name: str, run_dir: Path, seed: int, threads: int | None) -> None:
+    if (run_dir / "report.json").exists():
+        print(f"{run_dir} has finished; summarising it")
+    elif (run_dir / "last.pt").exists():
+        mobilenets_cli("train", "--resume", str(run_dir), threads=threads)
+    else:
+        mobilenets_cli("train", *EXPERIMENTS[name][0], "--seed", str(seed), "--out", str(run_dir),
+                       threads=threads)
+
+
+def score_test(run_dir: Path, threads: int | None) -> dict:
+    """Test top-1 of the returned model, plain and with flip averaging."""
+    out = {}
+    for label, extra in (("plain", []), ("flip", ["--flip"])):
+        eval_dir = run_dir / f"test-{label}"
+        mobilenets_cli("eval", str(run_dir / "best.safetensors"), "--data", "fashion-mnist",
+                       "--split", "test", *extra, "--out", str(eval_dir), threads=threads)
+        result = json.loads((eval_dir / "eval.json").read_text())
+        out[label] = {k: result[k] for k in ("top1", "top5", "images", "split")}
+    return out
+
+
+def epochs_of(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def summarise(name: str, run_dir: Path, seed: int, machine: dict, described_at: str,
+              tests: dict) -> dict:
+    report = json.loads((run_dir / "report.json").read_text())
+    epochs = epochs_of(run_dir)
+    images = sum(e.get("img_per_s", 0) * e.get("epoch_seconds", 0) for e in epochs)
+    weights = (run_dir / "best.safetensors").read_bytes()
+    return {
+        "experiment": name, "about": EXPERIMENTS[name][1],
+        "command": " ".join(["python benchmarks/accuracy.py", name, "--seed", str(seed)]),
+        "train_command": " ".join(["mobilenets train", *EXPERIMENTS[name][0], "--seed", str(seed)]),
+        "machine": machine, "machine_described_at": described_at,
+        "report": {k: report.get(k) for k in REPORT_KEYS},
+        "test": tests,
+        "train_img_per_s": [e.get("img_per_s") for e in epochs],
+        "img_per_s_per_sgemm_gflop": (round(images / max(report["train_seconds"], 1e-9)
+                                            / machine["sgemm_gflops"], 3) if images else None),
+        "epochs": epochs,
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("experiment", nargs="?", choices=sorted(EXPERIMENTS))
+    ap.add_argument("--list", action="store_true", help="print the experiments and exit")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+    ap.add_argument("--run-dir", type=Path, help="default runs/accuracy/EXPERIMENT")
+    ap.add_argument("--collect", type=Path, metavar="RUN_DIR",
+                    help="summarise this finished run instead of training")
+    ap.add_argument("--keep-weights", action="store_true",
+                    help="also copy best.safetensors to benchmarks/results/accuracy/")
+    args = ap.parse_args(argv)
+    if args.list or not args.experiment:
+        for name, (cli, about) in EXPERIMENTS.items():
+            print(f"{name:34s} {about}\n{'':34s} mobilenets train {' '.join(cli)}")
+        return 0
+    run_dir = args.collect or args.run_dir or ROOT / "runs" / "accuracy" / args.experiment
+    if args.collect:
+        if not (run_dir / "report.json").exists():
+            raise SystemExit(f"{run_dir}: no report.json; the run has not finished")
+        machine, described_at = describe_machine(args.threads), "collection"
+    else:
+        machine, described_at = describe_machine(args.threads), "training"
+        train(args.experiment, run_dir, args.seed, args.threads)
+        machine["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
+    tests = score_test(run_dir, args.threads)
+    summary = summarise(args.experiment, run_dir, args.seed, machine, described_at, tests)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{args.experiment}.json"
+    atomic_write_text(path, json.dumps(summary, indent=1) + "\n")
+    if args.keep_weights:
+        shutil.copyfile(run_dir / "best.safetensors", RESULTS / f"{args.experiment}.safetensors")
+    r, t = summary["report"], summary["test"]
+    print(f"{args.experiment}: val top-1 {r['val_top1']}, test top-1 {t['plain']['top1']:.4f} "
+          f"(flip {t['flip']['top1']:.4f}) after {r['train_seconds'] / 60:.1f} min on "
+          f"{machine['model_name']} (SGEMM {machine['sgemm_gflops']} GFLOP/s) -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
