@@ -46,6 +46,6 @@ if os.path.exists(full):
     fr, m, t = a["report"], a["machine"], a["test"]
     print(f"   the full recipe ({fr['epochs']} epochs) reached test top-1 {t['plain']['top1']:.4f} "
           f"({t['flip']['top1']:.4f} with flip averaging) in {fr['train_seconds'] / 60:.0f} min on "
-          f"{m['model_name']} ({m['threads']} threads, SGEMM {m['sgemm_gflops']:.0f} GFLOP/s); "
+          f"{m['model_name']} (SGEMM {m['sgemm_gflops']:.0f} GFLOP/s, measured at {a['machine_described_at']}); "
           f"re-make it: {a['command']}")
 PY

@@ -16,13 +16,22 @@ from pathlib import Path
 VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
 
 
+def read_cpuinfo(cpuinfo: str | None = None) -> str:
+    return cpuinfo if cpuinfo is not None else Path("/proc/cpuinfo").read_text()
+
+
+def cpuinfo_field(text: str, name: str) -> str:
+    """The first CPU's value of `name` in /proc/cpuinfo text ('' where absent)."""
+    m = re.search(rf"^{name}\s*:\s*(.*)$", text, re.M)
+    return m.group(1).strip() if m else ""
+
+
 def cpu_description(cpuinfo: str | None = None) -> dict:
     """Model name, vendor, family/model numbers and the vector extensions of the first CPU."""
-    text = cpuinfo if cpuinfo is not None else Path("/proc/cpuinfo").read_text()
+    text = read_cpuinfo(cpuinfo)
 
     def field(name):
-        m = re.search(rf"^{name}\s*:\s*(.*)$", text, re.M)
-        return m.group(1).strip() if m else ""
+        return cpuinfo_field(text, name)
     flags = set(field("flags").split())
     return {"model_name": field("model name"), "vendor": field("vendor_id"),
             "family": int(field("cpu family") or 0), "model": int(field("model") or 0),

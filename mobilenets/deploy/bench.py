@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..core.errors import MobileNetsError
+from ..core.machine import cpuinfo_field, read_cpuinfo
 from .export import INPUT_NAME, export, export_metadata, onnx_metadata, ort_session, resolve_model
 from ..datasets.calibration import calibration_set
 from .fuse import prepare_for_inference
@@ -44,11 +45,10 @@ FMA_UNITS = {
 
 def cpu_peak(cpuinfo: str | None = None, cores: int | None = None) -> dict:
     """The machine's fp32 peak and the figures it is computed from."""
-    text = cpuinfo if cpuinfo is not None else Path("/proc/cpuinfo").read_text()
+    text = read_cpuinfo(cpuinfo)
 
     def field(name):
-        m = re.search(rf"^{name}\s*:\s*(.*)$", text, re.M)
-        return m.group(1).strip() if m else ""
+        return cpuinfo_field(text, name)
     flags = set(field("flags").split())
     vendor = field("vendor_id")
     family = int(field("cpu family") or 0)
