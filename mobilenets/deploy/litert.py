@@ -47,18 +47,21 @@ def write_tflite(fused: nn.Module, tmp: Path, info: dict, x: torch.Tensor) -> No
 
 
 def tflite_metadata(path) -> dict:
-    """The mobilenets metadata of a .tflite file; one-line errors for files that are not TFLite."""
+    """The mobilenets metadata of a .tflite file. The whole flatbuffer is unpacked first, so a
+    file that is not TFLite or is cut short gives a one-line error here rather than reaching the
+    interpreter's C++ parser."""
     schema = require("ai_edge_litert.schema_py_generated", "Reading a .tflite file")
+    import numpy as np
     data = Path(path).read_bytes()
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise MobileNetsError(f"{path}: not a TFLite flatbuffer (no TFL3 identifier)")
     try:
-        root = schema.Model.GetRootAs(data, 0)
-        for i in range(root.MetadataLength()):
-            entry = root.Metadata(i)
-            if entry.Name() == METADATA_KEY.encode():
-                return parse_meta(root.Buffers(entry.Buffer()).DataAsNumpy().tobytes(), path)
-    except (IndexError, struct.error, AttributeError, ValueError) as e:
+        tree = schema.ModelT.InitFromPackedBuf(data, 0)
+        for entry in tree.metadata or []:
+            name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
+            if name == METADATA_KEY:
+                return parse_meta(np.asarray(tree.buffers[entry.buffer].data, np.uint8).tobytes(), path)
+    except (IndexError, struct.error, AttributeError, ValueError, TypeError, UnicodeDecodeError) as e:
         raise MobileNetsError(f"{path}: not a readable TFLite file ({first_line(e)})") from e
     return parse_meta(None, path)
 

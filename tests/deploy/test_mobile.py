@@ -230,3 +230,29 @@ def test_tflite_matches_float64_and_predicts(models, tflite, tmp_path):
         Predictor(tmp_path / "bad.tflite")
     with pytest.raises(MobileNetsError, match=r"cut\.tflite: not a (readable|loadable) "):
         Predictor(tmp_path / "cut.tflite")
+
+
+def test_cut_tflite_is_one_line_error_before_the_interpreter(tmp_path):
+    """A flatbuffer cut short is refused while its metadata is read: the interpreter's C++ parser
+    never sees it. Built here with the TFLite schema: one weight-sized buffer and the metadata."""
+    schema = pytest.importorskip("ai_edge_litert.schema_py_generated")
+    flatbuffers = pytest.importorskip("flatbuffers")
+    meta = {"format": "mobilenets/1", "model": "mobilenet_v2"}
+    tree = schema.ModelT()
+    tree.version, tree.buffers = 3, []
+    for blob in (np.zeros(50000, np.uint8), np.frombuffer(json.dumps(meta).encode(), np.uint8)):
+        buf = schema.BufferT()
+        buf.data = blob
+        tree.buffers.append(buf)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = "mobilenets.json", 1
+    tree.metadata = [entry]
+    builder = flatbuffers.Builder(1 << 16)
+    builder.Finish(tree.Pack(builder), file_identifier=b"TFL3")
+    data = bytes(builder.Output())
+    (tmp_path / "whole.tflite").write_bytes(data)
+    assert litert.tflite_metadata(tmp_path / "whole.tflite") == meta
+    for cut in (len(data) // 3, len(data) - 8):
+        (tmp_path / "cut.tflite").write_bytes(data[:cut])
+        with pytest.raises(MobileNetsError, match=r"cut\.tflite: not a readable TFLite file \("):
+            Predictor(tmp_path / "cut.tflite")
