@@ -213,14 +213,17 @@ THREAD_CHILD = """
 import json, statistics, sys, torch
 from executorch.extension.pybindings import portable_lib
 from mobilenets.deploy.bench import time_runs
-from mobilenets.deploy.executorch import ExecuTorchBackend
+from executorch.runtime import Runtime
 from mobilenets.deploy.export import INPUT_NAME, ort_session
 pte, onnx, pool, ort_threads, shape, repeats = json.loads(sys.argv[1])
 torch.set_num_threads(ort_threads)
 default = portable_lib._threadpool_get_thread_count()
 if pool:
     portable_lib._unsafe_reset_threadpool(pool)
-et = ExecuTorchBackend(pte)   # takes the pool as it is (set above or left at its default)
+# The runtime directly, not ExecuTorchBackend: that one sizes the pool, and pool 0 means "leave it".
+program = Runtime.get().load_program(pte)
+method = program.load_method("forward")
+et = lambda x: method.execute([x])
 sess = ort_session(onnx, ort_threads)
 out = dict(default_pool=default, pool=portable_lib._threadpool_get_thread_count())
 for batch in (1, 32):
