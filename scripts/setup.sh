@@ -20,3 +20,7 @@ PIP=".venv/bin/python -m pip --quiet --disable-pip-version-check"
 extra="[deploy]"; [ "${1:-}" = "--test" ] && extra="[deploy,test]"
 $PIP install -e ".${extra}" 2>&1 | grep -v "is ignored" || true
 .venv/bin/python -c "import mobilenets, onnx, onnxruntime" 
+# The test extra brings the phone engines (the 'mobile' extra's packages) too.
+if [ "${1:-}" = "--test" ]; then
+  .venv/bin/python -c "import executorch.runtime, openvino, litert_torch, ai_edge_litert.interpreter"
+fi

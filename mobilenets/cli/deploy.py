@@ -12,7 +12,8 @@ from torch import nn
 from ..deploy.bench import BACKENDS, format_table, run_bench
 from ..deploy.export import FORMATS, export, preprocessing_of, resolve_model
 from ..deploy.predict import Predictor, predict_image
-from ..deploy.quantize import CALIBRATION_METHODS, quantize_checkpoint
+from ..deploy.mobile import describe_delegation
+from ..deploy.quantize import CALIBRATION_METHODS, quantize_checkpoint, quantize_pte_checkpoint
 from ..deploy.task_export import export_onnx
 from ..core.errors import MobileNetsError
 from ..core.io import atomic_write_text
@@ -21,7 +22,8 @@ from .common import add_model_options, model_kwargs
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("export", help="write a checkpoint as ONNX, TorchScript or torch.export")
+    p = sub.add_parser("export", help="write a checkpoint as ONNX, TorchScript, torch.export, "
+                                      "ExecuTorch (.pte) or LiteRT (.tflite)")
     p.add_argument("checkpoint", help="a .safetensors checkpoint (or a model name: random weights)")
     p.add_argument("--format", choices=FORMATS, default="onnx")
     p.add_argument("--out", required=True, help="output file")
@@ -30,11 +32,14 @@ def add_commands(sub) -> None:
     add_model_options(p)
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("quantize", help="int8 ONNX by static quantization with a calibration set")
+    p = sub.add_parser("quantize", help="int8 ONNX (or ExecuTorch .pte) by static quantization "
+                                        "with a calibration set")
     p.add_argument("checkpoint", help="a .safetensors checkpoint (or a model name: random weights)")
     p.add_argument("--data", default="fashion-mnist",
                    help="'fashion-mnist' or a .npy file of uint8 images at the model's input size")
-    p.add_argument("--out", required=True, help="output .onnx file")
+    p.add_argument("--out", required=True, help="output .onnx file (.pte with --format executorch)")
+    p.add_argument("--format", choices=("onnx", "executorch"), default="onnx",
+                   help="onnx: ONNX Runtime QDQ; executorch: XNNPACK int8 .pte (PT2E, minmax only)")
     p.add_argument("--calib-size", type=int, default=512, help="calibration images (default 512)")
     p.add_argument("--method", choices=CALIBRATION_METHODS, default="minmax")
     p.add_argument("--eval-size", type=int, default=10000,
@@ -48,7 +53,7 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("bench", help="latency / throughput of our backends and the peers")
     p.add_argument("model", help="model name (random weights, BN calibrated on Fashion-MNIST), "
-                                 ".safetensors checkpoint or .onnx file")
+                                 ".safetensors checkpoint, .onnx, .pte or .tflite file")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     p.add_argument("--backends", default="eager,onnxruntime,int8",
                    help=f"comma-separated, from {','.join(BACKENDS)}")
@@ -62,7 +67,8 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("predict", help="top-k classes of images with any saved model form; boxes or "
                                         "masks drawn for a detector / segmenter")
-    p.add_argument("model", help=".safetensors, .onnx (fp32/int8), .pt2 or TorchScript (.ts/.pt) file")
+    p.add_argument("model", help=".safetensors, .onnx (fp32/int8), .pt2, TorchScript (.ts/.pt), "
+                                 "ExecuTorch .pte (fp32/int8) or LiteRT .tflite file")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--json", action="store_true")
@@ -81,6 +87,8 @@ def _cmd_export(args) -> int:
                                       f"{r['max_rel_error']:.1e}, PyTorch float32's "
                                       f"{r['fp32_rel_error']:.1e}")
     print(f"wrote {r['path']} ({args.format}, {os.path.getsize(r['path']) / 2**20:.1f} MiB{check})")
+    if r.get("delegation"):
+        print(describe_delegation(r["delegation"]))
     return 0
 
 
@@ -103,12 +111,33 @@ def _cmd_quantize(args) -> int:
     if args.calib_size < 1:
         raise MobileNetsError(f"--calib-size {args.calib_size}: allowed: integer >= 1")
     model, meta = resolve_model(args.checkpoint, **model_kwargs(args))
+    if args.format == "executorch":
+        return _quantize_pte(model, meta, args)
     s = quantize_checkpoint(model, meta, args.out, args.data, args.calib_size, args.method,
                             args.eval_size, args.qat_steps if args.qat else 0)
     if args.json:
         print(json.dumps(s))
         return 0
     print(f"wrote {s['out']} (int8 QDQ, {s['calibration_images']} calibration images, {s['method']})")
+    if "top1_int8" in s:
+        print(f"top-1 on {s['eval_images']} test images: fp32 {s['top1_fp32']:.2f}%, "
+              f"int8 {s['top1_int8']:.2f}% ({s['top1_int8'] - s['top1_fp32']:+.2f} points)")
+    return 0
+
+
+def _quantize_pte(model: nn.Module, meta: dict, args) -> int:
+    if args.method != "minmax":
+        raise MobileNetsError(f"--method {args.method}: the executorch format calibrates with "
+                              "minmax only")
+    s = quantize_pte_checkpoint(model, meta, args.out, args.data, args.calib_size, args.eval_size,
+                                args.qat_steps if args.qat else 0)
+    if args.json:
+        print(json.dumps(s))
+        return 0
+    print(f"wrote {s['out']} (executorch int8, {s['calibration_images']} calibration images, "
+          f"minmax; {os.path.getsize(s['out']) / 2**20:.1f} MiB; "
+          f"{describe_delegation(s['delegation'])})")
+    print(f"top-1 agreement with fp32 on the calibration images: {s['agreement']:.1f}%")
     if "top1_int8" in s:
         print(f"top-1 on {s['eval_images']} test images: fp32 {s['top1_fp32']:.2f}%, "
               f"int8 {s['top1_int8']:.2f}% ({s['top1_int8'] - s['top1_fp32']:+.2f} points)")

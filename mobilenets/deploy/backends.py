@@ -13,7 +13,10 @@ import torch
 from ..core.errors import MobileNetsError
 from .export import (INPUT_NAME, _parse_meta, export_metadata, load_pt2, load_torchscript,
                      onnx_metadata, ort_session)
+from .executorch import ExecuTorchBackend
 from .fuse import prepare_for_inference
+from .litert import TFLiteBackend
+from .mobile import first_line, require
 from ..models.mobilenet import load_model
 from ..train.checkpoint import CHECKPOINT_FORMAT
 
@@ -99,5 +102,32 @@ def is_training_checkpoint(path: Path) -> bool:
     return isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT
 
 
+class OpenVinoBackend:
+    """An fp32 .onnx file from `mobilenets export` on OpenVINO's CPU plugin (the 'mobile' extra):
+    a `bench` backend, not one `Predictor` picks by suffix.
+
+    Compiled for latency with one stream, `threads` inference threads and fp32 arithmetic: the
+    plugin's default precision hint is bf16 on CPUs with native bf16 (AVX512-BF16 / AMX), which
+    would compare a bf16 model with fp32 ones."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        ov = require("openvino", "The openvino backend")
+        self.meta = onnx_metadata(path)
+        core = ov.Core()
+        config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
+                  "INFERENCE_NUM_THREADS": str(threads or torch.get_num_threads()),
+                  "INFERENCE_PRECISION_HINT": "f32"}
+        try:
+            self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        except RuntimeError as e:
+            raise MobileNetsError(f"{path}: OpenVINO cannot compile it ({first_line(e)})") from e
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.request.infer([x.float().contiguous().numpy()], share_inputs=True)
+        return torch.from_numpy(out[0].copy())
+
+
 BACKENDS = {".safetensors": TorchBackend, ".onnx": OnnxBackend, ".pt2": ExportedProgramBackend,
-            ".ts": TorchScriptBackend, ".pt": TorchScriptBackend, ".torchscript": TorchScriptBackend}
+            ".ts": TorchScriptBackend, ".pt": TorchScriptBackend, ".torchscript": TorchScriptBackend,
+            ".pte": ExecuTorchBackend, ".tflite": TFLiteBackend}

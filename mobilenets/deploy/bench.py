@@ -28,12 +28,15 @@ from ..core.errors import MobileNetsError
 from ..core.machine import cpuinfo_field, read_cpuinfo
 from .export import INPUT_NAME, export, export_metadata, onnx_metadata, ort_session, resolve_model
 from ..datasets.calibration import calibration_set
+from .backends import BACKENDS as FILE_BACKENDS, OpenVinoBackend
 from .fuse import prepare_for_inference
 from .quantize import quantize_onnx
 from ..models.mobilenet import create_model, model_defaults
 from ..models.profile import profile
 
-BACKENDS = ("eager", "compiled", "onnxruntime", "int8")
+BACKENDS = ("eager", "compiled", "onnxruntime", "int8",
+            "executorch", "executorch-int8", "openvino", "litert")   # the last four: the 'mobile' extra
+PHONE_FILES = {".pte": "executorch", ".tflite": "litert"}   # a file benched alone: its backend
 PEERS = ("torchvision", "timm")
 # (vendor, cpu family) → (FMA pipes per core, FMA datapath bits); family numbers are decimal.
 FMA_UNITS = {
@@ -166,14 +169,18 @@ def benchmark_model(spec: str | nn.Module, resolution: int | None = None, calib_
 
 def contenders(spec: str | nn.Module, backends: list[str], vs: list[str], workdir: Path, threads: int,
                resolution: int | None = None, calib_size: int = 64, log=print) -> tuple[list[Contender], dict]:
-    """Build every contender for `spec` (model name, .safetensors or .onnx file, or a model)."""
+    """Build every contender for `spec` (model name, .safetensors, .onnx, .pte or .tflite file,
+    or a model)."""
     if isinstance(spec, str) and spec.endswith(".onnx"):
         meta = onnx_metadata(spec)
         ref = create_model(meta["model"], **meta.get("model_kwargs", {}))
         madds = _madds(ref, meta["input_shape"][-1])
         return [Contender("onnxruntime", meta.get("precision", "fp32"), madds,
                           _ort_call(spec, threads))], meta
-    model, meta, info, calib = benchmark_model(spec, resolution, calib_size, "int8" in backends, log)
+    if isinstance(spec, str) and Path(spec).suffix in PHONE_FILES:
+        return _phone_file_contender(Path(spec), threads)
+    want_calib = bool({"int8", "executorch-int8"} & set(backends))
+    model, meta, info, calib = benchmark_model(spec, resolution, calib_size, want_calib, log)
     res = info["preprocessing"]["resolution"]
     madds = _madds(model, res)
     out: list[Contender] = []
@@ -182,7 +189,7 @@ def contenders(spec: str | nn.Module, backends: list[str], vs: list[str], workdi
         out.append(Contender("eager", "fp32", madds, _torch_call(fused)))
     if "compiled" in backends:
         out.append(Contender("compiled", "fp32", madds, _compiled_call(fused)))
-    if "onnxruntime" in backends or "int8" in backends:
+    if {"onnxruntime", "int8", "openvino"} & set(backends):
         fp32 = workdir / "fp32.onnx"
         log(f"exporting {getattr(model, 'model_name', 'the model')} to ONNX")
         # Checked on real images: they keep the random-weight model in the range its BN
@@ -195,9 +202,53 @@ def contenders(spec: str | nn.Module, backends: list[str], vs: list[str], workdi
             q = workdir / "int8.onnx"
             quantize_onnx(fp32, q, calib)
             out.append(Contender("int8", "int8", madds, _ort_call(q, threads)))
+        if "openvino" in backends:
+            out.append(Contender("openvino", "fp32", madds, _backend_call(OpenVinoBackend(fp32, threads))))
+    out += _phone_contenders(model, meta, calib, backends, workdir, threads, madds, log)
     for peer in vs:
         out += _peer_contenders(peer, model, res, workdir, threads)
     return out, info
+
+
+def _backend_call(backend):
+    def make(x):
+        x = x.contiguous()
+        return lambda: backend(x)
+    return make
+
+
+def _phone_contenders(model, meta: dict, calib: torch.Tensor | None, backends, workdir: Path,
+                      threads: int, madds: int, log) -> list[Contender]:
+    """The ExecuTorch (fp32, int8) and LiteRT files of `model`, each checked as it is written."""
+    from .executorch import ExecuTorchBackend, quantize_pte
+    from .litert import TFLiteBackend
+    check = None if calib is None else calib[:3]
+    out = []
+    if "executorch" in backends:
+        log("exporting to ExecuTorch (XNNPACK)")
+        export(model, workdir / "fp32.pte", "executorch", meta, check_inputs=check)
+        out.append(Contender("executorch", "fp32", madds,
+                             _backend_call(ExecuTorchBackend(workdir / "fp32.pte", threads))))
+    if "executorch-int8" in backends:
+        log(f"quantizing to ExecuTorch int8 with {len(calib)} calibration images")
+        quantize_pte(model, meta, workdir / "int8.pte", calib)
+        out.append(Contender("executorch-int8", "int8", madds,
+                             _backend_call(ExecuTorchBackend(workdir / "int8.pte", threads))))
+    if "litert" in backends:
+        log("converting to LiteRT")
+        export(model, workdir / "fp32.tflite", "tflite", meta, check_inputs=check)
+        out.append(Contender("litert", "fp32", madds,
+                             _backend_call(TFLiteBackend(workdir / "fp32.tflite", threads))))
+    return out
+
+
+def _phone_file_contender(path: Path, threads: int) -> tuple[list[Contender], dict]:
+    """A .pte or .tflite file benched on its own runtime."""
+    backend = FILE_BACKENDS[path.suffix](path, threads)
+    meta = backend.meta
+    madds = _madds(create_model(meta["model"], **meta.get("model_kwargs", {})), meta["input_shape"][-1])
+    return [Contender(PHONE_FILES[path.suffix], meta.get("precision", "fp32"), madds,
+                      _backend_call(backend))], meta
 
 
 def _madds(model, res: int) -> int:

@@ -1,4 +1,5 @@
-"""Export a model to ONNX, TorchScript or torch.export (.pt2), with its metadata inside the file.
+"""Export a model to ONNX, TorchScript, torch.export (.pt2), ExecuTorch (.pte, `executorch.py`)
+or LiteRT (.tflite, `litert.py`), with its metadata inside the file.
 
 Each exported file carries one JSON document (key / extra file `mobilenets.json`):
   format "mobilenets/1", model, model_kwargs, classes, preprocessing, precision, input_shape
@@ -23,10 +24,13 @@ from .fuse import prepare_for_inference
 from ..core.io import atomic_path
 from ..models.mobilenet import create_model, list_models
 from ..models.mobilenet import load_model
+from .metadata import METADATA_KEY, export_metadata, preprocessing_of  # noqa: F401  (re-exported)
+from .metadata import parse_meta as _parse_meta
+from .mobile import MOBILE_FORMATS, require
 
-FORMATS = ("onnx", "torchscript", "pt2")
-SUFFIXES = {"onnx": ".onnx", "torchscript": ".ts", "pt2": ".pt2"}
-METADATA_KEY = "mobilenets.json"
+FORMATS = ("onnx", "torchscript", "pt2") + MOBILE_FORMATS
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".ts", "pt2": ".pt2", "executorch": ".pte",
+            "tflite": ".tflite"}
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 MAX_BATCH = 4096
 # The check compares an exported file with the exact answer (the same model run in float64) and
@@ -42,32 +46,6 @@ MAX_BATCH = 4096
 EXPORT_RTOL = 1e-4
 FP32_NOISE_FACTOR = 16
 EXPORT_MAX_RTOL = 1e-2
-
-
-def preprocessing_of(model: nn.Module, meta: dict | None = None) -> dict:
-    """The preprocessing a checkpoint records, else the model's pretrained_cfg."""
-    if meta and meta.get("preprocessing"):
-        return dict(meta["preprocessing"])
-    cfg = getattr(model, "pretrained_cfg", {}) or {}
-    res = int(cfg.get("resolution", 224))
-    return dict(resolution=res, resize=int(round(res / cfg.get("crop_pct", 1.0))),
-                mean=list(cfg.get("mean", (0.0,))), std=list(cfg.get("std", (1.0,))),
-                in_chans=int(cfg.get("in_chans", 3)),
-                interpolation=cfg.get("interpolation", "bilinear"))
-
-
-def export_metadata(model: nn.Module, meta: dict | None = None, precision: str = "fp32") -> dict:
-    meta = meta or {}
-    pre = preprocessing_of(model, meta)
-    return {
-        "format": "mobilenets/1",
-        "model": meta.get("model", getattr(model, "model_name", type(model).__name__)),
-        "model_kwargs": meta.get("model_kwargs", getattr(model, "model_kwargs", {})),
-        "classes": meta.get("classes", getattr(model, "classes", None)),
-        "preprocessing": pre,
-        "precision": precision,
-        "input_shape": [pre["in_chans"], pre["resolution"], pre["resolution"]],
-    }
 
 
 def resolve_model(spec: str, **model_kwargs) -> tuple[nn.Module, dict]:
@@ -155,19 +133,6 @@ def _tensors(graph):
                 yield from _tensors(sub)
 
 
-def _parse_meta(text: str | bytes | None, path) -> dict:
-    if not text:
-        raise MobileNetsError(f"{path}: has no mobilenets metadata ({METADATA_KEY}); "
-                              "export it with `mobilenets export`")
-    try:
-        meta = json.loads(text)
-    except json.JSONDecodeError:
-        raise MobileNetsError(f"{path}: its {METADATA_KEY} metadata is not valid JSON") from None
-    if not isinstance(meta, dict) or meta.get("format") != "mobilenets/1":
-        raise MobileNetsError(f"{path}: its metadata is not mobilenets/1")
-    return meta
-
-
 def load_torchscript(path) -> tuple[torch.nn.Module, str]:
     extra = {METADATA_KEY: ""}
     with warnings.catch_warnings():
@@ -227,22 +192,35 @@ def export(model: nn.Module, path: str | os.PathLike, fmt: str, meta: dict | Non
     Returns {"path", "format", "max_rel_error", "fp32_rel_error", "allowed_rel_error"}: the
     file's and PyTorch float32's largest errors against the float64 model, relative to the
     largest logit, and the bound (see EXPORT_RTOL); raises MobileNetsError when the export fails
-    or its error exceeds the bound.
+    or its error exceeds the bound. ExecuTorch adds "delegation": what runs outside XNNPACK.
     """
     if fmt not in FORMATS:
         raise MobileNetsError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     path = Path(path)
+    if fmt in MOBILE_FORMATS:   # before anything is written: one line without the extra
+        require("executorch.exir" if fmt == "executorch" else "litert_torch",
+                f"{path}: {'ExecuTorch' if fmt == 'executorch' else 'LiteRT'} export")
     info = export_metadata(model, meta)
-    fused = prepare_for_inference(model, channels_last=fmt != "onnx")
+    fused = prepare_for_inference(model, channels_last=fmt not in ("onnx",) + MOBILE_FORMATS)
     x = example_input(info, batch=2)
     x3 = example_input(info, batch=3, seed=1) if check_inputs is None else check_inputs
     if len(x3) == len(x):
         x3 = torch.cat([x3, x3[:1]])   # a batch size the export never saw
     ref = ExportReference(model, x3) if check else None
-    err = float("nan")
+    err, report = float("nan"), {}
     with atomic_path(path) as tmp:
         try:
-            if fmt == "onnx":
+            if fmt == "executorch":
+                from .executorch import ExecuTorchBackend, write_pte
+                report = write_pte(fused, tmp, info, x)
+                if check:
+                    err = ref.check("ExecuTorch", ExecuTorchBackend(tmp)(x3), path)
+            elif fmt == "tflite":
+                from .litert import TFLiteBackend, write_tflite
+                write_tflite(fused, tmp, info, x)
+                if check:
+                    err = ref.check("LiteRT", TFLiteBackend(tmp)(x3), path)
+            elif fmt == "onnx":
                 write_onnx(fused, tmp, info, x)
                 if check:
                     got = ort_session(tmp).run(None, {INPUT_NAME: x3.numpy()})[0]
@@ -275,4 +253,5 @@ def export(model: nn.Module, path: str | os.PathLike, fmt: str, meta: dict | Non
             raise MobileNetsError(f"{path}: {fmt} export failed ({type(e).__name__}: {first})") from None
     return {"path": str(path), "format": fmt, "max_rel_error": err,
             "fp32_rel_error": ref.fp32_error if ref else float("nan"),
-            "allowed_rel_error": ref.allowed if ref else float("nan")}
+            "allowed_rel_error": ref.allowed if ref else float("nan"),
+            **({"delegation": report} if report else {})}

@@ -1,5 +1,6 @@
 """`Predictor`: top-k classes from any saved form of a model (safetensors checkpoint, ONNX fp32 or
-int8, torch.export .pt2, TorchScript), fed with the preprocessing recorded in the file."""
+int8, torch.export .pt2, TorchScript, ExecuTorch .pte fp32 or int8, LiteRT .tflite), fed with the
+preprocessing recorded in the file."""
 from __future__ import annotations
 
 import os

@@ -10,6 +10,9 @@ fold BN (done in the fp32 export), ONNX Runtime's quantization pre-processing (s
 graph optimisation), then static QDQ quantization with activation ranges from a calibration set:
 uint8 asymmetric activations, int8 symmetric per-output-channel weights (the U8S8 pair MLAS's
 VNNI kernels take).
+
+For phones, `quantize_pte_checkpoint` writes an int8 ExecuTorch .pte instead (PT2E with
+ExecuTorch's XNNPACK quantizer, the same calibration images and min/max ranges; executorch.py).
 """
 from __future__ import annotations
 
@@ -144,4 +147,34 @@ def quantize_checkpoint(model: torch.nn.Module, meta: dict, out: str | os.PathLi
             summary["top1_fp32"] = onnx_accuracy(fp32, images, labels)
             summary["top1_int8"] = onnx_accuracy(out, images, labels)
             summary["eval_images"] = len(images)
+    return summary
+
+
+def quantize_pte_checkpoint(model: torch.nn.Module, meta: dict, out: str | os.PathLike, data: str,
+                            calib_size: int = 512, eval_size: int = 10000, qat_steps: int = 0) -> dict:
+    """[QAT fine-tuning] → calibrated int8 ExecuTorch .pte at `out` (XNNPACK, PT2E, min/max
+    ranges: `executorch.quantize_pte`); accuracy of the fp32 model and of the file on the test
+    split when `data` has labels. Returns a summary dict like `quantize_checkpoint`'s, with the
+    file's top-1 agreement with fp32 on the calibration images and its delegation."""
+    from .executorch import ExecuTorchBackend, quantize_pte
+    from .fuse import prepare_for_inference
+    from .mobile import require
+    require("executorch.exir", f"{out}: ExecuTorch int8 export")
+    pre = export_metadata(model, meta)["preprocessing"]
+    calib = calibration_set(data, pre, calib_size)
+    extra = {}
+    if qat_steps:
+        model, extra["qat"] = finetune(model, data, pre, steps=qat_steps)
+    summary = {**quantize_pte(model, meta, out, calib, extra_meta=extra), "method": "minmax",
+               **({"qat": extra["qat"]} if qat_steps else {})}
+    if eval_size and data == "fashion-mnist":
+        images, labels = load_images(data, pre, "test")
+        images, labels = preprocessed(images[:eval_size], pre), labels[:eval_size]
+        fused = prepare_for_inference(model, channels_last=False)
+        with torch.inference_mode():
+            fp32 = torch.cat([fused(c) for c in images.split(256)])
+        int8 = ExecuTorchBackend(Path(out))(images)
+        summary["eval_images"] = len(images)
+        summary["top1_fp32"] = 100.0 * (fp32.argmax(1) == labels).float().mean().item()
+        summary["top1_int8"] = 100.0 * (int8.argmax(1) == labels).float().mean().item()
     return summary
