@@ -103,6 +103,18 @@ class Arch:
         return self.head_ch or self.last_conv_ch or self.blocks[-1].out_ch
 
 
+def splittable(spec) -> bool:
+    """Can V2 §5.1's channel-split execution run this block? Only an inverted residual whose
+    expansion feeds a per-channel part (activation, depthwise conv, activation) and then a linear
+    projection: squeeze-excite's pooled gate mixes all expanded channels, a projection activation
+    (V1) does not distribute over the sum, and V4's start depthwise, fused expansion and layer
+    scale have no split form. `deploy.memory_efficient.can_split` applies the same rule to the
+    built (BN-folded) module."""
+    return (isinstance(spec, BlockSpec) and spec.se_ch == 0 and spec.proj_act is None
+            and spec.kernel > 0 and spec.start_kernel == 0 and spec.expand_kernel == 1
+            and not spec.layer_scale)
+
+
 FAMILIES = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
             *V4_TABLES)
 DEFAULT_DROPOUT = {"mobilenet_v1": 1e-3, "mobilenet_v2": 0.2,
