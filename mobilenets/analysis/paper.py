@@ -60,8 +60,9 @@ FIGURES: list[Figure] = [
     *_fig("V3 Table 3", "mobilenet_v3_large_075", 224, "155", "4.0"),
     *_fig("V3 Table 3", "mobilenet_v3_small", 224, "56", "2.5"),
     Figure("V3 Table 3", "mobilenet_v3_small_075", 224, "madds", "44",
-           "we count 43.4M with the reference code's channel rules (expansions as ratios of the "
-           "rounded input width), the rules that give Large 0.75 its published 155M"),
+           "44M is the first arXiv revision's figure, counted on a V3-Small whose last layer "
+           "is 1280 wide (43.8M, `head_channels=1280`), kept when the parameters were updated to "
+           "the 1024-wide layer (2.0M); the 1024-wide model has 43.4M (see V3 Table 9 below)"),
     Figure("V3 Table 3", "mobilenet_v3_small_075", 224, "params", "2.0"),
     *_v4_fig("mobilenet_v4_conv_small", 224, "0.2", "3.8",
              "3.8 is Conv-S's decimal count with batch norm (3,774,024); in the binary units of "
@@ -194,4 +195,6 @@ def render_markdown() -> str:
         rows = profile(name, 224)["memory_table3"]
         lines.append(f"- `{name}`: " + ", ".join(
             f"{r['size']} {r['channels']}ch {r['bytes_fp16'] / 1000:.0f}K" for r in rows))
+    from . import paper_v3  # it reuses `matches`
+    lines += ["", *paper_v3.render_markdown()]
     return "\n".join(lines) + "\n"

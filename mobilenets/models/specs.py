@@ -11,8 +11,8 @@ from dataclasses import dataclass, field, replace
 
 from ..core.errors import MobileNetsError
 from .tables import (V1_BLOCKS, V1_STEM, V1_V2_ACTS, V2_BLOCKS, V2_HEAD, V2_STEM, V3_ACT,
-                    V3_LARGE_BLOCKS, V3_LARGE_HEAD, V3_LARGE_STEM, V3_LAST_CONV_RATIO,
-                    V3_SMALL_BLOCKS, V3_SMALL_HEAD, V3_SMALL_STEM, V4Table, V4_HEAD,
+                    V3_LARGE_BLOCKS, V3_LARGE_HEAD, V3_LARGE_LAST_CONV, V3_LARGE_STEM,
+                    V3_SMALL_BLOCKS, V3_SMALL_HEAD, V3_SMALL_LAST_CONV, V3_SMALL_STEM, V4Table, V4_HEAD,
                     V4_KV_KERNEL, V4_LAST_CONV, V4_TABLES)
 
 SHORTCUTS = ("bottleneck", "expansion", "none")
@@ -216,7 +216,7 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
                small_input: bool = False, output_stride: int = 32, minimalistic: bool = False,
                proj_act: str | None = "default", shortcut: str = "bottleneck",
                expand_ratio: float | None = None, act: str | None = None,
-               fixed_stem: bool = False) -> Arch:
+               fixed_stem: bool = False, head_channels: int | None = None) -> Arch:
     """Resolve a family's table and options into an `Arch`.
 
     proj_act: activation after the 1×1 projection; "default" is the paper's choice
@@ -226,6 +226,10 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
     TensorFlow V1 reference (slim, Keras) and timm use ReLU6, so their weights need act="relu6".
     fixed_stem: keep the stem at the table's width whatever the multiplier, as Keras' V3 always
     does and timm's V3 below α 0.75 (mobilenetv3_small_050). V4 keeps it below α 1 regardless.
+    head_channels: width of V3's layer after pooling (None: the table's 1280 / 1024). The first
+    arXiv revision of the V3 paper gave V3-Small a 1280-wide one (its Table 9: 2.9M parameters).
+    Like the reference code (slim's finegrain_classification_mode) and timm, no multiplier
+    scales it.
     """
     if family not in FAMILIES:
         raise MobileNetsError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
@@ -251,6 +255,12 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
                               "each block's expansion")
     if act is not None and act not in V1_V2_ACTS:
         raise MobileNetsError(f"act={act!r} is not one of {', '.join(map(repr, V1_V2_ACTS))}")
+    if head_channels is not None:
+        if not family.startswith("mobilenet_v3"):
+            raise MobileNetsError(f"head_channels={head_channels!r} applies to MobileNetV3 (its layer "
+                                  f"after pooling), not {family}")
+        if not isinstance(head_channels, int) or isinstance(head_channels, bool) or head_channels < 1:
+            raise MobileNetsError(f"head_channels={head_channels!r} is out of range; allowed: integer >= 1")
     if dropout is not None and not 0 <= dropout < 1:
         raise MobileNetsError(f"dropout={dropout!r} is out of range; allowed: 0 <= dropout < 1")
 
@@ -284,15 +294,19 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
                     head_act=table.act, head_norm=True, split_expansions=False)
     else:
         large = family == "mobilenet_v3_large"
-        table, head = (V3_LARGE_BLOCKS, V3_LARGE_HEAD) if large else (V3_SMALL_BLOCKS, V3_SMALL_HEAD)
+        table, head, last = ((V3_LARGE_BLOCKS, V3_LARGE_HEAD, V3_LARGE_LAST_CONV) if large
+                             else (V3_SMALL_BLOCKS, V3_SMALL_HEAD, V3_SMALL_LAST_CONV))
         stem_table = V3_LARGE_STEM if large else V3_SMALL_STEM
         stem = stem_table if fixed_stem else make_divisible(stem_table * w)
         blocks = _v3_blocks(table, w, minimalistic, None if proj_act == "default" else proj_act,
                             shortcut, stem, stem_table, expand_ratio)
         act = "relu" if minimalistic else "hswish"
+        # slim scales the last conv as a layer of its own (make_divisible(576·α), 200 channels
+        # for Small 0.35, where 6 × the rounded last block gives 192) and, in the
+        # finegrain_classification_mode its published widths use, never the layer after pooling.
         arch = dict(stem_ch=stem, stem_act=act, last_conv_act=act,
-                    last_conv_ch=V3_LAST_CONV_RATIO * blocks[-1].out_ch,
-                    head_ch=make_divisible(head * max(1.0, w)), head_act=act,
+                    last_conv_ch=make_divisible(last * w),
+                    head_ch=head if head_channels is None else head_channels, head_act=act,
                     split_expansions=True)
 
     levels = _feature_levels(2, blocks)
