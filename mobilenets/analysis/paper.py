@@ -195,6 +195,6 @@ def render_markdown() -> str:
         rows = profile(name, 224)["memory_table3"]
         lines.append(f"- `{name}`: " + ", ".join(
             f"{r['size']} {r['channels']}ch {r['bytes_fp16'] / 1000:.0f}K" for r in rows))
-    from . import paper_v3  # it reuses `matches`
-    lines += ["", *paper_v3.render_markdown()]
+    from . import paper_settings, paper_v3  # paper_v3 reuses `matches`
+    lines += ["", *paper_v3.render_markdown(), *paper_settings.render_markdown()]
     return "\n".join(lines) + "\n"

@@ -327,7 +327,8 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
               padding: str = "symmetric", bn_eps: float | None = None,
               bn_momentum: float | None = None, act: str | None = None,
               fixed_stem: bool = False, resolution: int = 224, feature_location: str = "bottleneck",
-              keep_last_conv: bool = False, head_channels: int | None = None) -> MobileNet:
+              keep_last_conv: bool = False, head_channels: int | None = None,
+              reduced_tail: bool = False) -> MobileNet:
     """Build a MobileNet of `family` with the given options (see `specs.build_arch`; the
     features_only options in `MobileNet` and `feature_levels`).
 
@@ -353,7 +354,8 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
     arch = build_arch(family, width_mult, dropout=dropout, small_input=small_input,
                       output_stride=output_stride, minimalistic=minimalistic, proj_act=proj_act,
                       shortcut=shortcut, expand_ratio=expand_ratio, act=act,
-                      fixed_stem=fixed_stem, head_channels=head_channels)
+                      fixed_stem=fixed_stem, head_channels=head_channels,
+                      reduced_tail=reduced_tail)
     bn = bn_defaults(family)
     if bn_eps is None:
         bn_eps = 1e-3 if padding == "same" else bn.eps

@@ -167,7 +167,7 @@ def _table3(arch, layers: list[dict]) -> list[dict]:
     return rows
 
 
-def profile(model, resolution: int = 224) -> dict:
+def profile(model, resolution: int | tuple[int, int] = 224) -> dict:
     """Parameters, multiply-adds and activation memory of `model` (a module or a model name).
 
     Returns {"model", "width_mult", "resolution", "params", "params_without_bn", "madds",
@@ -177,9 +177,12 @@ def profile(model, resolution: int = 224) -> dict:
 
     if isinstance(model, str):
         model = create_model(model)
-    check_resolution(model, resolution)
+    # (height, width) for a non-square input, as V3 Table 7's 1024×2048 Cityscapes crops
+    height, width = resolution if isinstance(resolution, tuple) else (resolution, resolution)
+    check_resolution(model, height)
+    check_resolution(model, width)
     params, params_without_bn = count_params(model)
-    x = torch.empty(1, _input_channels(model), resolution, resolution, device="meta")
+    x = torch.empty(1, _input_channels(model), height, width, device="meta")
     state = {k: v.to("meta") for k, v in [*model.named_parameters(), *model.named_buffers()]}
     tracer = _Tracer(model)
     # Eval mode, because training-mode batch norm refuses one image on a 1×1 map (SSD's last

@@ -158,13 +158,14 @@ def _v2_blocks(w: float, act: str, proj_act: str | None, shortcut: str, stem: in
 
 
 def _v3_blocks(table, w: float, minimalistic: bool, proj_act: str | None, shortcut: str,
-               stem: int, stem_table: int, expand_ratio: float | None):
+               stem: int, stem_table: int, expand_ratio: float | None, halve_from: int):
     # The reference code states each expansion as a ratio of the block's actual input width
-    # (`expand_input(3)` for 72 = 3·24), so under α it follows the rounded input, not exp·α.
+    # (`expand_input(3)` for 72 = 3·24), so under α it follows the rounded input, not exp·α;
+    # blocks from `halve_from` on have half the table's outputs (reduced_tail).
     blocks, in_ch, table_in = [], stem, stem_table
-    for k, exp, c, se, nl, s in table:
+    for i, (k, exp, c, se, nl, s) in enumerate(table):
         ratio = exp / table_in if expand_ratio is None or exp == table_in else expand_ratio
-        out = make_divisible(c * w)
+        out = make_divisible(c * w / (2 if i >= halve_from else 1))
         exp_ch = in_ch if ratio == 1 else make_divisible(in_ch * ratio)
         use_se = se and not minimalistic
         blocks.append(BlockSpec(
@@ -216,7 +217,8 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
                small_input: bool = False, output_stride: int = 32, minimalistic: bool = False,
                proj_act: str | None = "default", shortcut: str = "bottleneck",
                expand_ratio: float | None = None, act: str | None = None,
-               fixed_stem: bool = False, head_channels: int | None = None) -> Arch:
+               fixed_stem: bool = False, head_channels: int | None = None,
+               reduced_tail: bool = False) -> Arch:
     """Resolve a family's table and options into an `Arch`.
 
     proj_act: activation after the 1×1 projection; "default" is the paper's choice
@@ -230,6 +232,9 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
     arXiv revision of the V3 paper gave V3-Small a 1280-wide one (its Table 9: 2.9M parameters).
     Like the reference code (slim's finegrain_classification_mode) and timm, no multiplier
     scales it.
+    reduced_tail: V3's task backbones (§6.3, §6.4; slim's V3_*_DETECTION, torchvision's
+    reduced_tail): the outputs of the last stage (from its stride-2 block on) and of the 1×1
+    conv before pooling halved; expansions follow as ratios of the halved inputs.
     """
     if family not in FAMILIES:
         raise MobileNetsError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
@@ -255,6 +260,8 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
                               "each block's expansion")
     if act is not None and act not in V1_V2_ACTS:
         raise MobileNetsError(f"act={act!r} is not one of {', '.join(map(repr, V1_V2_ACTS))}")
+    if reduced_tail and not family.startswith("mobilenet_v3"):
+        raise MobileNetsError(f"reduced_tail=True applies to MobileNetV3's last stage, not {family}")
     if head_channels is not None:
         if not family.startswith("mobilenet_v3"):
             raise MobileNetsError(f"head_channels={head_channels!r} applies to MobileNetV3 (its layer "
@@ -298,8 +305,12 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
                              else (V3_SMALL_BLOCKS, V3_SMALL_HEAD, V3_SMALL_LAST_CONV))
         stem_table = V3_LARGE_STEM if large else V3_SMALL_STEM
         stem = stem_table if fixed_stem else make_divisible(stem_table * w)
+        halve_from = len(table)
+        if reduced_tail:
+            halve_from = max(i for i, row in enumerate(table) if row[5] > 1)
+            last //= 2
         blocks = _v3_blocks(table, w, minimalistic, None if proj_act == "default" else proj_act,
-                            shortcut, stem, stem_table, expand_ratio)
+                            shortcut, stem, stem_table, expand_ratio, halve_from)
         act = "relu" if minimalistic else "hswish"
         # slim scales the last conv as a layer of its own (make_divisible(576·α), 200 channels
         # for Small 0.35, where 6 × the rounded last block gives 192) and, in the

@@ -1,7 +1,8 @@
 import pytest
 
 from mobilenets import MobileNetsError, create_model, profile
-from mobilenets.analysis.paper_v3 import ROWS, counts, row_matches
+from mobilenets.analysis.paper_v3 import (ROWS, TABLE6, TABLE7_8, counts, row_matches,
+                                          task_counts, task_row_matches)
 
 
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: f"{r.source[-15:]}-{r.model}-{r.resolution}")
@@ -44,3 +45,34 @@ def test_head_channels_is_v3_only():
         create_model("mobilenet_v2", head_channels=1280)
     with pytest.raises(MobileNetsError, match="head_channels=0 is out of range"):
         create_model("mobilenet_v3_small", head_channels=0)
+
+
+@pytest.mark.parametrize("row", TABLE6, ids=lambda r: r.label)
+def test_table6_rows(row):
+    assert task_row_matches(row) == (not row.note), task_counts(row)
+
+
+def test_reduced_tail_halves_the_last_stage():
+    # slim's V3_LARGE_DETECTION: spec entries 13-16 (blocks 12-14 and the 960 conv) halved;
+    # the expansions after them follow the halved input (6 × 80 = 480), block 12's does not.
+    arch = create_model("mobilenet_v3_large", reduced_tail=True).arch
+    assert [b.out_ch for b in arch.blocks[11:]] == [112, 80, 80, 80]
+    assert [b.expand_ch for b in arch.blocks[12:]] == [672, 480, 480]
+    assert arch.last_conv_ch == 480
+    small = create_model("mobilenet_v3_small", reduced_tail=True).arch   # blocks 8-10, 576 conv
+    assert [b.out_ch for b in small.blocks[7:]] == [48, 48, 48, 48] and small.last_conv_ch == 288
+
+
+@pytest.mark.parametrize("row", TABLE7_8, ids=lambda r: r.label)
+def test_table7_8_rows(row):
+    assert task_row_matches(row) == (not row.note), task_counts(row)
+
+
+def test_lraspp_paper_pooling_gates_a_1x4_map_at_full_resolution():
+    # 1024×2048 at output stride 16 is a 64×128 map; a 49×49 window with stride (16, 20) gives
+    # ⌊(64 − 49) / 16⌋ + 1 = 1 row and ⌊(128 − 49) / 20⌋ + 1 = 4 columns, so the gate's 1×1 conv
+    # (480 → 128 on the halved tail) runs 4 times instead of once.
+    kw = dict(num_classes=19, reduced_tail=True)
+    paper = profile(create_model("lraspp_mobilenet_v3_large", pooling="paper", **kw), (1024, 2048))
+    plain = profile(create_model("lraspp_mobilenet_v3_large", **kw), (1024, 2048))
+    assert paper["madds"] - plain["madds"] == 3 * 480 * 128
