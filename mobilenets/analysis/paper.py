@@ -8,10 +8,10 @@ its "M" parameters 2^20 (without batch norm, as V1-V3); read so, nine of its ten
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from decimal import Decimal
 from ..models.profile import profile
+from . import paper_settings, paper_v3
+from .rounding import matches
 
 
 @dataclass(frozen=True)
@@ -113,13 +113,6 @@ def ours(fig: Figure, _cache: dict = {}) -> float:  # noqa: B006 (deliberate mem
     return value / (_UNITS[fig.unit] if fig.unit else _SCALE[fig.metric])
 
 
-def matches(value: float, published: str, step: float | None = None) -> bool:
-    """Does `value` give `published` when rounded or truncated to its last printed digit?"""
-    step = step or 10.0 ** Decimal(published).as_tuple().exponent
-    target = float(published)
-    return any(math.isclose(f(value / step) * step, target) for f in (round, math.floor))
-
-
 def fig_matches(fig: Figure) -> bool:
     # Table 3 prints memory to two significant digits (1600K, 400K).
     return matches(ours(fig), fig.published, 100.0 if fig.metric == "memory" else None)
@@ -195,6 +188,5 @@ def render_markdown() -> str:
         rows = profile(name, 224)["memory_table3"]
         lines.append(f"- `{name}`: " + ", ".join(
             f"{r['size']} {r['channels']}ch {r['bytes_fp16'] / 1000:.0f}K" for r in rows))
-    from . import paper_settings, paper_v3  # paper_v3 reuses `matches`
     lines += ["", *paper_v3.render_markdown(), *paper_settings.render_markdown()]
     return "\n".join(lines) + "\n"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..models.mobilenet import create_model
 from ..models.profile import profile
-from .paper import matches
+from .rounding import matches
 
 FIRST, LATEST = "V3 Table 9, first arXiv revision", "V3 Table 9, latest arXiv revision"
 HEAD_1280 = 1280

@@ -333,8 +333,7 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
     features_only options in `MobileNet` and `feature_levels`).
 
     padding="same" and bn_eps=1e-3 reproduce TensorFlow-trained weights (Keras, timm `tf_`).
-    bn_eps, bn_momentum: None takes the family's (`tables.BN_DEFAULTS`: the papers' and
-    reference implementations' batch norm; eps 1e-3 for padding="same" in every family).
+    bn_eps, bn_momentum: None takes the family's (`tables.BN_DEFAULTS`; eps 1e-3 with "same").
     resolution: the input size the model is meant for, recorded in `pretrained_cfg` (V4's
     reference weights are trained at 224, 256 or 384 px).
     """
@@ -354,13 +353,9 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
     arch = build_arch(family, width_mult, dropout=dropout, small_input=small_input,
                       output_stride=output_stride, minimalistic=minimalistic, proj_act=proj_act,
                       shortcut=shortcut, expand_ratio=expand_ratio, act=act,
-                      fixed_stem=fixed_stem, head_channels=head_channels,
-                      reduced_tail=reduced_tail)
-    bn = bn_defaults(family)
-    if bn_eps is None:
-        bn_eps = 1e-3 if padding == "same" else bn.eps
-    if bn_momentum is None:
-        bn_momentum = bn.momentum
+                      fixed_stem=fixed_stem, head_channels=head_channels, reduced_tail=reduced_tail)
+    bn = bn_defaults(family)   # both checked > 0 above, so `or` only replaces None
+    bn_eps, bn_momentum = bn_eps or (1e-3 if padding == "same" else bn.eps), bn_momentum or bn.momentum
     model = MobileNet(arch, num_classes, in_chans, features_only, out_indices, padding, bn_eps,
                       bn_momentum, feature_location, keep_last_conv)
     model.pretrained_cfg = dict(resolution=resolution, crop_pct=0.875, mean=IMAGENET_MEAN,
