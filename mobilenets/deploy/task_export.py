@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models.detection import decode
+from ..models.detection import class_scores, decode
 from ..core.errors import MobileNetsError
 from .export import ExportReference
 from ..core.io import atomic_path
@@ -35,7 +35,7 @@ class DetectionGraph(nn.Module):
 
     def forward(self, x: torch.Tensor):
         logits, deltas = self.model(x)
-        return decode(deltas, self.anchors), logits.softmax(-1)
+        return decode(deltas, self.anchors), class_scores(logits, self.model.classification)
 
 
 def _graph(model: nn.Module, resolution: int) -> tuple[nn.Module, list[str]]:

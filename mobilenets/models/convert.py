@@ -178,10 +178,13 @@ MAPPINGS = {"torchvision": TORCHVISION, "timm": TIMM, "keras": KERAS}
 
 # Model options each source's weights were trained with (beyond the architecture's name).
 _TF = {"padding": "same", "bn_eps": 1e-3}
+# Batch-norm epsilon is stated for every source: it is in no state dict, and our families'
+# defaults follow the papers, not necessarily the source.
 MODEL_OPTIONS = {
-    # torchvision's V3 keeps TF's BN epsilon, with PyTorch padding
-    "torchvision": {"mobilenet_v3_large": {"bn_eps": 1e-3}, "mobilenet_v3_small": {"bn_eps": 1e-3}},
-    "timm": {"mobilenet_v1": {"act": "relu6"}},
+    # torchvision's V3 keeps TF's BN epsilon, with PyTorch padding; its V2 PyTorch's
+    "torchvision": {"mobilenet_v2": {"bn_eps": 1e-5},
+                    "mobilenet_v3_large": {"bn_eps": 1e-3}, "mobilenet_v3_small": {"bn_eps": 1e-3}},
+    "timm": {"*": {"bn_eps": 1e-5}, "mobilenet_v1": {"act": "relu6"}},
     "timm-tf": {"*": _TF},
     "keras": {"*": _TF, "mobilenet_v1": {"act": "relu6"}},
 }

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import batched_nms, box_iou
 
+from ..core.errors import MobileNetsError
+
 # ssd_anchor_generator defaults of the SSDLite config: six levels, scales spread linearly from
 # 0.2 to 0.95 of the image side, five aspect ratios plus one extra scale of ratio 1 per cell,
 # and only three boxes (a small 0.1 box, 2:1 and 1:2) on the finest level.
@@ -117,13 +119,36 @@ def build_targets(targets: list[dict], anchors: torch.Tensor, iou_threshold: flo
     return torch.stack(labels), torch.stack(regress)
 
 
+# How class scores are made: "softmax" over the classes, background among them (the SSD paper's
+# loss), or "sigmoid", an independent probability per class (the reference
+# ssdlite_mobilenet_v2_coco config: weighted_sigmoid loss, SIGMOID score converter).
+CLASSIFICATIONS = ("softmax", "sigmoid")
+
+
+def check_classification(classification) -> str:
+    if classification not in CLASSIFICATIONS:
+        raise MobileNetsError(f"classification={classification!r} is not one of "
+                              f"{', '.join(map(repr, CLASSIFICATIONS))}")
+    return classification
+
+
+def class_scores(logits: torch.Tensor, classification: str = "softmax") -> torch.Tensor:
+    return logits.sigmoid() if classification == "sigmoid" else logits.softmax(-1)
+
+
 @dataclass
 class DetectionLoss:
-    """SSD's multibox loss: smooth L1 on matched anchors plus softmax cross-entropy on matched
+    """SSD's multibox loss: smooth L1 on matched anchors plus the classification loss on matched
     anchors and on the hardest `neg_pos_ratio` background anchors per positive, normalised by
-    the number of positives (SSD §2.2, "hard negative mining")."""
+    the number of positives (SSD §2.2, "hard negative mining"). The classification loss is
+    softmax cross-entropy, or with classification="sigmoid" binary cross-entropy of every
+    class's logit against the one-hot target (background column included), summed per anchor."""
     neg_pos_ratio: int = 3
     iou_threshold: float = 0.5
+    classification: str = "softmax"
+
+    def __post_init__(self):
+        check_classification(self.classification)
 
     def __call__(self, logits: torch.Tensor, deltas: torch.Tensor, targets: list[dict],
                  anchors: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -134,7 +159,11 @@ class DetectionLoss:
         pos = labels > 0
         num_pos = pos.sum(1, keepdim=True)
         box_loss = F.smooth_l1_loss(deltas[pos], regress[pos], reduction="sum", beta=1.0)
-        ce = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")   # (B, N)
+        if self.classification == "sigmoid":
+            onehot = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
+            ce = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none").sum(-1)
+        else:
+            ce = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")   # (B, N)
         # Rank the background anchors by their loss; keep the top k per image.
         neg_loss = ce.detach().masked_fill(pos, float("-inf"))
         order = neg_loss.argsort(1, descending=True).argsort(1)
@@ -147,10 +176,12 @@ class DetectionLoss:
 
 
 def postprocess(logits: torch.Tensor, deltas: torch.Tensor, anchors: torch.Tensor,
-                image_size: tuple[int, int], **kwargs) -> list[dict[str, torch.Tensor]]:
-    """Per image: boxes, scores and labels from raw network outputs (see `select`)."""
+                image_size: tuple[int, int], classification: str = "softmax",
+                **kwargs) -> list[dict[str, torch.Tensor]]:
+    """Per image: boxes, scores and labels from raw network outputs (see `select`); scores as
+    the model was trained to make them (`classification`)."""
     boxes = decode(deltas, anchors.to(deltas.device))
-    return select(boxes, logits.softmax(-1), image_size, **kwargs)
+    return select(boxes, class_scores(logits, classification), image_size, **kwargs)
 
 
 def select(boxes: torch.Tensor, scores: torch.Tensor, image_size: tuple[int, int],

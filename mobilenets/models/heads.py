@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .detection import anchors_per_cell, make_anchors, postprocess
+from .detection import anchors_per_cell, check_classification, make_anchors, postprocess
 from ..core.errors import MobileNetsError
 from .layers import ConvBNAct
 from .mobilenet import IMAGENET_MEAN, IMAGENET_STD, feature_levels, mobilenet, register_model
@@ -53,15 +53,20 @@ class SSDLite(nn.Module):
     then four extra layers (1×1 conv to half depth, 3×3 depthwise stride 2, 1×1 conv).
     `forward` returns class logits (B, N, num_classes, background first) and box deltas (B, N, 4)
     for the N anchors of `anchors(image_size)`; `detect` turns them into boxes.
+    `classification` is how the logits become scores, in training and detection alike:
+    "softmax" (default) or "sigmoid", the reference config's (`detection.CLASSIFICATIONS`).
     """
     task = "detection"
 
     def __init__(self, backbone: str = "mobilenet_v2", num_classes: int = 91,
                  width_mult: float = 1.0, in_chans: int = 3, minimalistic: bool = False,
-                 bn_eps: float = 1e-3):
+                 bn_eps: float = 1e-3, classification: str = "softmax", reduced_tail: bool = False):
         super().__init__()
         _check_classes(num_classes, 2)
+        self.classification = check_classification(classification)
         extra = dict(minimalistic=True) if minimalistic else {}
+        if reduced_tail:
+            extra["reduced_tail"] = True   # V3 Table 6's "†" rows
         # The stride-16 level taken at the expansion of the block that strides to 32, and the
         # last 1×1 conv's output.
         self.backbone = mobilenet(backbone, width_mult, in_chans=in_chans, bn_eps=bn_eps,
@@ -133,7 +138,7 @@ class SSDLite(nn.Module):
         """Boxes (pixels of `x`), scores and labels per image; kwargs go to `postprocess`."""
         logits, deltas = self(x)
         size = tuple(x.shape[-2:])
-        return postprocess(logits, deltas, self.anchors(size), size, **kwargs)
+        return postprocess(logits, deltas, self.anchors(size), size, self.classification, **kwargs)
 
 
 class ASPP(nn.Module):
@@ -181,38 +186,61 @@ class DeepLabV3(nn.Module):
         return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+# LR-ASPP's gate as the paper pools it (V3 §6.4, Fig. 10): a 49×49 window with stride (16, 20)
+# on the 1024×2048 Cityscapes crops' stride-16 map; "global" pools the whole map.
+LRASPP_POOLINGS = ("global", "paper")
+LRASPP_PAPER_POOL = dict(kernel=(49, 49), stride=(16, 20))
+
+
 class LRASPP(nn.Module):
-    """Lite R-ASPP (V3 §6.3, Fig. 10): on the stride-16 last layer, a 1×1 conv (128, BN, ReLU)
-    gated by a pooled 1×1 conv with sigmoid, upsampled and classified, plus a 1×1 classifier on
-    the stride-8 features. The gate pools globally (the paper's 49×49 pooling window with
-    stride (16, 20) is tied to its 1024×2048 Cityscapes crops)."""
+    """Lite R-ASPP (V3 §6.4, Fig. 10): on the stride-16 last layer, a 1×1 conv (`channels`, BN,
+    ReLU) gated by a pooled 1×1 conv with sigmoid, upsampled and classified, plus a 1×1
+    classifier on the stride-8 features. `pooling` "global" (default: independent of the input
+    size) or "paper" (the 49×49 window, stride (16, 20), its gate map upsampled to the features;
+    the window shrinks to the map where the map is smaller). `channels` 128 or the paper's 256
+    (Table 7's F); `reduced_tail` halves the backbone's last stage (Table 7's RF2)."""
     task = "segmentation"
 
     def __init__(self, backbone: str = "mobilenet_v3_large", num_classes: int = 21,
                  output_stride: int = 16, width_mult: float = 1.0, in_chans: int = 3,
-                 minimalistic: bool = False):
+                 minimalistic: bool = False, channels: int = LRASPP_CHANNELS,
+                 reduced_tail: bool = False, pooling: str = "global"):
         super().__init__()
         _check_classes(num_classes, 1)
+        if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+            raise MobileNetsError(f"channels={channels!r} is out of range; allowed: integer >= 1")
+        if pooling not in LRASPP_POOLINGS:
+            raise MobileNetsError(f"pooling={pooling!r} is not one of {', '.join(map(repr, LRASPP_POOLINGS))}")
         extra = dict(minimalistic=True) if minimalistic else {}
+        if reduced_tail:
+            extra["reduced_tail"] = True
         # The last block at stride 8 and the last 1×1 conv's output (one level past the blocks').
         levels = feature_levels(build_arch(backbone, width_mult, output_stride=output_stride, **extra))
         low = max(i for i, info in enumerate(levels) if info["reduction"] == 8)
         self.backbone = mobilenet(backbone, width_mult, in_chans=in_chans,
                                   output_stride=output_stride, features_only=True,
                                   out_indices=(low, -1), keep_last_conv=True, **extra)
-        self.arch, self.num_classes = self.backbone.arch, num_classes
+        self.arch, self.num_classes, self.pooling = self.backbone.arch, num_classes, pooling
         low_ch, high_ch = (info["num_chs"] for info in self.backbone.feature_info)
-        self.cbr = ConvBNAct(high_ch, LRASPP_CHANNELS, 1, act="relu")
-        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1),
-                                  nn.Conv2d(high_ch, LRASPP_CHANNELS, 1, bias=False), nn.Sigmoid())
+        self.cbr = ConvBNAct(high_ch, channels, 1, act="relu")
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1) if pooling == "global" else nn.Identity(),
+                                  nn.Conv2d(high_ch, channels, 1, bias=False), nn.Sigmoid())
         self.low_classifier = nn.Conv2d(low_ch, num_classes, 1)
-        self.high_classifier = nn.Conv2d(LRASPP_CHANNELS, num_classes, 1)
+        self.high_classifier = nn.Conv2d(channels, num_classes, 1)
         self.pretrained_cfg = _pretrained_cfg(512, in_chans)
+
+    def _gate(self, high: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "global":
+            return self.gate(high)
+        kernel = tuple(min(k, n) for k, n in zip(LRASPP_PAPER_POOL["kernel"], high.shape[-2:]))
+        pooled = F.avg_pool2d(high, kernel, LRASPP_PAPER_POOL["stride"])
+        return F.interpolate(self.gate(pooled), size=high.shape[-2:], mode="bilinear",
+                             align_corners=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
         low, high = self.backbone(x)
-        y = self.cbr(high) * self.gate(high)
+        y = self.cbr(high) * self._gate(high)
         y = F.interpolate(y, size=low.shape[-2:], mode="bilinear", align_corners=False)
         y = self.low_classifier(low) + self.high_classifier(y)
         return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
@@ -220,9 +248,11 @@ class LRASPP(nn.Module):
 
 register_model("ssdlite_mobilenet_v2", SSDLite, backbone="mobilenet_v2")
 register_model("ssdlite_mobilenet_v3_large", SSDLite, backbone="mobilenet_v3_large")
+register_model("ssdlite_mobilenet_v3_small", SSDLite, backbone="mobilenet_v3_small")
 register_model("deeplabv3_mobilenet_v2", DeepLabV3, backbone="mobilenet_v2", num_classes=21,
                output_stride=16, aspp=True)
 register_model("lraspp_mobilenet_v3_large", LRASPP, backbone="mobilenet_v3_large")
+register_model("lraspp_mobilenet_v3_small", LRASPP, backbone="mobilenet_v3_small")
 
 
 def reference_madds(model: nn.Module, resolution: int, scales: tuple[float, ...] = (1.0,),

@@ -14,6 +14,7 @@ from torch import nn
 from ..core.errors import MobileNetsError
 from .layers import ConvBNAct, InvertedResidual, MultiQueryAttention, make_activation
 from .specs import Arch, AttentionSpec, ConvSpec, build_arch
+from .tables import bn_defaults
 from .weights import (check_metadata, load_state_into, load_weights, read_metadata, state_mismatch,
                       upgrade_state)
 
@@ -324,13 +325,15 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
               minimalistic: bool = False, proj_act: str | None = "default",
               shortcut: str = "bottleneck", expand_ratio: float | None = None,
               padding: str = "symmetric", bn_eps: float | None = None,
-              bn_momentum: float = 0.1, act: str | None = None,
+              bn_momentum: float | None = None, act: str | None = None,
               fixed_stem: bool = False, resolution: int = 224, feature_location: str = "bottleneck",
-              keep_last_conv: bool = False) -> MobileNet:
+              keep_last_conv: bool = False, head_channels: int | None = None,
+              reduced_tail: bool = False) -> MobileNet:
     """Build a MobileNet of `family` with the given options (see `specs.build_arch`; the
     features_only options in `MobileNet` and `feature_levels`).
 
     padding="same" and bn_eps=1e-3 reproduce TensorFlow-trained weights (Keras, timm `tf_`).
+    bn_eps, bn_momentum: None takes the family's (`tables.BN_DEFAULTS`; eps 1e-3 with "same").
     resolution: the input size the model is meant for, recorded in `pretrained_cfg` (V4's
     reference weights are trained at 224, 256 or 384 px).
     """
@@ -341,6 +344,8 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
         raise MobileNetsError(f"padding={padding!r} is not one of 'symmetric', 'same'")
     if bn_eps is not None and not (isinstance(bn_eps, (int, float)) and 0 < bn_eps < 1):
         raise MobileNetsError(f"bn_eps={bn_eps!r} is out of range; allowed: 0 < bn_eps < 1")
+    if bn_momentum is not None and not (isinstance(bn_momentum, (int, float)) and 0 < bn_momentum <= 1):
+        raise MobileNetsError(f"bn_momentum={bn_momentum!r} is out of range; allowed: 0 < bn_momentum <= 1")
     if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 1:
         raise MobileNetsError(f"resolution={resolution!r} is out of range; allowed: integer >= 1")
     if output_stride != 32 and small_input:
@@ -348,9 +353,9 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
     arch = build_arch(family, width_mult, dropout=dropout, small_input=small_input,
                       output_stride=output_stride, minimalistic=minimalistic, proj_act=proj_act,
                       shortcut=shortcut, expand_ratio=expand_ratio, act=act,
-                      fixed_stem=fixed_stem)
-    if bn_eps is None:
-        bn_eps = 1e-3 if padding == "same" else 1e-5
+                      fixed_stem=fixed_stem, head_channels=head_channels, reduced_tail=reduced_tail)
+    bn = bn_defaults(family)   # both checked > 0 above, so `or` only replaces None
+    bn_eps, bn_momentum = bn_eps or (1e-3 if padding == "same" else bn.eps), bn_momentum or bn.momentum
     model = MobileNet(arch, num_classes, in_chans, features_only, out_indices, padding, bn_eps,
                       bn_momentum, feature_location, keep_last_conv)
     model.pretrained_cfg = dict(resolution=resolution, crop_pct=0.875, mean=IMAGENET_MEAN,
@@ -375,8 +380,9 @@ def _width_suffix(w: float) -> str:
 FAMILY_WIDTHS = {
     "mobilenet_v1": (0.25, 0.5, 0.75, 1.0),
     "mobilenet_v2": (0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
-    "mobilenet_v3_large": (0.75, 1.0),
-    "mobilenet_v3_small": (0.75, 1.0),
+    # V3: the widths of the paper's Table 9
+    "mobilenet_v3_large": (0.35, 0.5, 0.75, 1.0, 1.25),
+    "mobilenet_v3_small": (0.35, 0.5, 0.75, 1.0, 1.25),
     # V4: the widths timm registers
     "mobilenet_v4_conv_small": (0.35, 0.5, 1.0),
     "mobilenet_v4_conv_medium": (1.0,),

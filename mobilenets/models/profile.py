@@ -17,6 +17,7 @@ V4's published MACs (docs/paper_tables.md).
 """
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 
 import torch
@@ -24,10 +25,12 @@ from torch import nn
 
 from .layers import AttentionProducts, InvertedResidual, MultiQueryAttention, SqueezeExcite
 from .mobilenet import check_resolution, create_model, model_defaults
+from .specs import splittable
 
 FP16, FP32 = 2, 4
 # Modules that return their input or a view of it allocate nothing.
 _FREE = (nn.Identity, nn.Flatten, nn.Dropout)
+_BLOCK = re.compile(r"blocks\.(\d+)\.")
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
@@ -130,21 +133,29 @@ class _Tracer:
 def _table3(arch, layers: list[dict]) -> list[dict]:
     """Largest tensor that must be materialized at each spatial size (V2 §5.1, Table 3).
 
-    Networks of inverted residuals (V2, V3) compute each expansion in channel splits, so only
-    the bottleneck tensors between blocks exist whole; the stem output and the last 1×1 conv
-    before pooling are consumed split by split too. V1 has no such structure: every layer's
-    output exists whole.
+    Networks of inverted residuals (V2, V3) compute each splittable block's expansion in channel
+    splits (`specs.splittable`), so only the bottleneck tensors between those blocks exist
+    whole; the stem output and the last 1×1 conv before pooling are consumed split by split
+    too, as the paper counts them. A block that cannot be split (squeeze-excite's gate pools
+    the whole expansion) runs as it is, as `deploy.memory_efficient` runs it: its input and
+    every tensor inside it exist whole. V1 has no such structure: every layer's output exists
+    whole.
     """
     if arch is None or not arch.split_expansions:
         # An attention row's output is (heads, queries, value_dim): the elements of the map
         # its output projection reads, not a map of its own.
         shapes = [layer["output_shape"] for layer in layers if layer["kind"] != "attention"]
     else:
+        whole = {i for i, spec in enumerate(arch.blocks) if not splittable(spec)}
+        shapes = []
         # A task model's backbone is its `backbone` child.
-        names = [(layer["name"].removeprefix("backbone."), layer) for layer in layers]
-        shapes = [layer["output_shape"] for name, layer in names
-                  if name.endswith("project.conv")
-                  or not name.startswith(("stem.", "blocks.", "last_conv."))]
+        for layer in layers:
+            name = layer["name"].removeprefix("backbone.")
+            block = _BLOCK.match(name)
+            if block and int(block.group(1)) in whole:
+                shapes += [layer["input_shape"], layer["output_shape"]]
+            elif name.endswith("project.conv") or not name.startswith(("stem.", "blocks.", "last_conv.")):
+                shapes.append(layer["output_shape"])
     if arch is not None and layers:
         shapes.append([arch.last_conv_ch or arch.blocks[-1].out_ch, 1, 1])   # the pooled vector
     per_size: dict[tuple, int] = defaultdict(int)
@@ -156,7 +167,7 @@ def _table3(arch, layers: list[dict]) -> list[dict]:
     return rows
 
 
-def profile(model, resolution: int = 224) -> dict:
+def profile(model, resolution: int | tuple[int, int] = 224) -> dict:
     """Parameters, multiply-adds and activation memory of `model` (a module or a model name).
 
     Returns {"model", "width_mult", "resolution", "params", "params_without_bn", "madds",
@@ -166,9 +177,12 @@ def profile(model, resolution: int = 224) -> dict:
 
     if isinstance(model, str):
         model = create_model(model)
-    check_resolution(model, resolution)
+    # (height, width) for a non-square input, as V3 Table 7's 1024×2048 Cityscapes crops
+    height, width = resolution if isinstance(resolution, tuple) else (resolution, resolution)
+    check_resolution(model, height)
+    check_resolution(model, width)
     params, params_without_bn = count_params(model)
-    x = torch.empty(1, _input_channels(model), resolution, resolution, device="meta")
+    x = torch.empty(1, _input_channels(model), height, width, device="meta")
     state = {k: v.to("meta") for k, v in [*model.named_parameters(), *model.named_buffers()]}
     tracer = _Tracer(model)
     # Eval mode, because training-mode batch norm refuses one image on a 1×1 map (SSD's last

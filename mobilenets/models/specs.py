@@ -11,8 +11,8 @@ from dataclasses import dataclass, field, replace
 
 from ..core.errors import MobileNetsError
 from .tables import (V1_BLOCKS, V1_STEM, V1_V2_ACTS, V2_BLOCKS, V2_HEAD, V2_STEM, V3_ACT,
-                    V3_LARGE_BLOCKS, V3_LARGE_HEAD, V3_LARGE_STEM, V3_LAST_CONV_RATIO,
-                    V3_SMALL_BLOCKS, V3_SMALL_HEAD, V3_SMALL_STEM, V4Table, V4_HEAD,
+                    V3_LARGE_BLOCKS, V3_LARGE_HEAD, V3_LARGE_LAST_CONV, V3_LARGE_STEM,
+                    V3_SMALL_BLOCKS, V3_SMALL_HEAD, V3_SMALL_LAST_CONV, V3_SMALL_STEM, V4Table, V4_HEAD,
                     V4_KV_KERNEL, V4_LAST_CONV, V4_TABLES)
 
 SHORTCUTS = ("bottleneck", "expansion", "none")
@@ -103,6 +103,18 @@ class Arch:
         return self.head_ch or self.last_conv_ch or self.blocks[-1].out_ch
 
 
+def splittable(spec) -> bool:
+    """Can V2 §5.1's channel-split execution run this block? Only an inverted residual whose
+    expansion feeds a per-channel part (activation, depthwise conv, activation) and then a linear
+    projection: squeeze-excite's pooled gate mixes all expanded channels, a projection activation
+    (V1) does not distribute over the sum, and V4's start depthwise, fused expansion and layer
+    scale have no split form. `deploy.memory_efficient.can_split` applies the same rule to the
+    built (BN-folded) module."""
+    return (isinstance(spec, BlockSpec) and spec.se_ch == 0 and spec.proj_act is None
+            and spec.kernel > 0 and spec.start_kernel == 0 and spec.expand_kernel == 1
+            and not spec.layer_scale)
+
+
 FAMILIES = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
             *V4_TABLES)
 DEFAULT_DROPOUT = {"mobilenet_v1": 1e-3, "mobilenet_v2": 0.2,
@@ -146,13 +158,14 @@ def _v2_blocks(w: float, act: str, proj_act: str | None, shortcut: str, stem: in
 
 
 def _v3_blocks(table, w: float, minimalistic: bool, proj_act: str | None, shortcut: str,
-               stem: int, stem_table: int, expand_ratio: float | None):
+               stem: int, stem_table: int, expand_ratio: float | None, halve_from: int):
     # The reference code states each expansion as a ratio of the block's actual input width
-    # (`expand_input(3)` for 72 = 3·24), so under α it follows the rounded input, not exp·α.
+    # (`expand_input(3)` for 72 = 3·24), so under α it follows the rounded input, not exp·α;
+    # blocks from `halve_from` on have half the table's outputs (reduced_tail).
     blocks, in_ch, table_in = [], stem, stem_table
-    for k, exp, c, se, nl, s in table:
+    for i, (k, exp, c, se, nl, s) in enumerate(table):
         ratio = exp / table_in if expand_ratio is None or exp == table_in else expand_ratio
-        out = make_divisible(c * w)
+        out = make_divisible(c * w / (2 if i >= halve_from else 1))
         exp_ch = in_ch if ratio == 1 else make_divisible(in_ch * ratio)
         use_se = se and not minimalistic
         blocks.append(BlockSpec(
@@ -204,7 +217,8 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
                small_input: bool = False, output_stride: int = 32, minimalistic: bool = False,
                proj_act: str | None = "default", shortcut: str = "bottleneck",
                expand_ratio: float | None = None, act: str | None = None,
-               fixed_stem: bool = False) -> Arch:
+               fixed_stem: bool = False, head_channels: int | None = None,
+               reduced_tail: bool = False) -> Arch:
     """Resolve a family's table and options into an `Arch`.
 
     proj_act: activation after the 1×1 projection; "default" is the paper's choice
@@ -214,6 +228,13 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
     TensorFlow V1 reference (slim, Keras) and timm use ReLU6, so their weights need act="relu6".
     fixed_stem: keep the stem at the table's width whatever the multiplier, as Keras' V3 always
     does and timm's V3 below α 0.75 (mobilenetv3_small_050). V4 keeps it below α 1 regardless.
+    head_channels: width of V3's layer after pooling (None: the table's 1280 / 1024). The first
+    arXiv revision of the V3 paper gave V3-Small a 1280-wide one (its Table 9: 2.9M parameters).
+    Like the reference code (slim's finegrain_classification_mode) and timm, no multiplier
+    scales it.
+    reduced_tail: V3's task backbones (§6.3, §6.4; slim's V3_*_DETECTION, torchvision's
+    reduced_tail): the outputs of the last stage (from its stride-2 block on) and of the 1×1
+    conv before pooling halved; expansions follow as ratios of the halved inputs.
     """
     if family not in FAMILIES:
         raise MobileNetsError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
@@ -239,6 +260,14 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
                               "each block's expansion")
     if act is not None and act not in V1_V2_ACTS:
         raise MobileNetsError(f"act={act!r} is not one of {', '.join(map(repr, V1_V2_ACTS))}")
+    if reduced_tail and not family.startswith("mobilenet_v3"):
+        raise MobileNetsError(f"reduced_tail=True applies to MobileNetV3's last stage, not {family}")
+    if head_channels is not None:
+        if not family.startswith("mobilenet_v3"):
+            raise MobileNetsError(f"head_channels={head_channels!r} applies to MobileNetV3 (its layer "
+                                  f"after pooling), not {family}")
+        if not isinstance(head_channels, int) or isinstance(head_channels, bool) or head_channels < 1:
+            raise MobileNetsError(f"head_channels={head_channels!r} is out of range; allowed: integer >= 1")
     if dropout is not None and not 0 <= dropout < 1:
         raise MobileNetsError(f"dropout={dropout!r} is out of range; allowed: 0 <= dropout < 1")
 
@@ -272,15 +301,23 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
                     head_act=table.act, head_norm=True, split_expansions=False)
     else:
         large = family == "mobilenet_v3_large"
-        table, head = (V3_LARGE_BLOCKS, V3_LARGE_HEAD) if large else (V3_SMALL_BLOCKS, V3_SMALL_HEAD)
+        table, head, last = ((V3_LARGE_BLOCKS, V3_LARGE_HEAD, V3_LARGE_LAST_CONV) if large
+                             else (V3_SMALL_BLOCKS, V3_SMALL_HEAD, V3_SMALL_LAST_CONV))
         stem_table = V3_LARGE_STEM if large else V3_SMALL_STEM
         stem = stem_table if fixed_stem else make_divisible(stem_table * w)
+        halve_from = len(table)
+        if reduced_tail:
+            halve_from = max(i for i, row in enumerate(table) if row[5] > 1)
+            last //= 2
         blocks = _v3_blocks(table, w, minimalistic, None if proj_act == "default" else proj_act,
-                            shortcut, stem, stem_table, expand_ratio)
+                            shortcut, stem, stem_table, expand_ratio, halve_from)
         act = "relu" if minimalistic else "hswish"
+        # slim scales the last conv as a layer of its own (make_divisible(576·α), 200 channels
+        # for Small 0.35, where 6 × the rounded last block gives 192) and, in the
+        # finegrain_classification_mode its published widths use, never the layer after pooling.
         arch = dict(stem_ch=stem, stem_act=act, last_conv_act=act,
-                    last_conv_ch=V3_LAST_CONV_RATIO * blocks[-1].out_ch,
-                    head_ch=make_divisible(head * max(1.0, w)), head_act=act,
+                    last_conv_ch=make_divisible(last * w),
+                    head_ch=head if head_channels is None else head_channels, head_act=act,
                     split_expansions=True)
 
     levels = _feature_levels(2, blocks)

@@ -67,8 +67,9 @@ V3_SMALL_BLOCKS = [
     (5, 576, 96, True, "HS", 1),
 ]
 V3_SMALL_HEAD = 1024
-# The efficient last stage: a 1×1 conv to 6× the last block's width (960 / 576) before pooling.
-V3_LAST_CONV_RATIO = 6
+# The efficient last stage: a 1×1 conv before pooling (6× the last block's width at α = 1).
+V3_LARGE_LAST_CONV = 960
+V3_SMALL_LAST_CONV = 576
 
 V3_ACT = {"RE": "relu", "HS": "hswish"}
 V1_V2_ACTS = ("relu", "relu6")
@@ -250,3 +251,33 @@ V4_TABLES = {
     "mobilenet_v4_hybrid_large": V4Table(24, V4_HYBRID_LARGE, "gelu", 1e-5),
 }
 V4_KV_KERNEL = 3
+
+
+@dataclass(frozen=True)
+class BatchNormDefaults:
+    eps: float
+    reference_momentum: float   # PyTorch's sense (1 − TensorFlow's decay), as the source trains
+    source: str
+    # What `create_model` uses unless told: the reference decays average over 100-3,000 steps
+    # and start from mean 0 / variance 1, so a run of a few hundred steps would evaluate with
+    # statistics that are still mostly that start (the 100-step SSDLite fit of
+    # tests/train/test_tasks.py fails at 0.003). Long runs pass bn_momentum (model_options).
+    momentum: float = 0.1
+
+
+# Batch norm of each family as its paper or reference implementation trains it (docs/paper_tables.md,
+# "Batch norm per family"). slim's own V1 scope decays 0.9997; the shared MobileNet training
+# scope (V2, V3) 0.997.
+BN_DEFAULTS = {
+    "mobilenet_v1": BatchNormDefaults(1e-3, 0.0003, "slim mobilenet_v1 scope: eps 1e-3, decay 0.9997"),
+    "mobilenet_v2": BatchNormDefaults(1e-3, 0.003, "slim mobilenet.training_scope: eps 1e-3, "
+                                      "decay 0.997"),
+    "mobilenet_v3": BatchNormDefaults(1e-3, 0.01, "V3 paper §6.1: decay 0.99; torchvision: eps 1e-3, "
+                                      "momentum 0.01"),
+    "mobilenet_v4": BatchNormDefaults(1e-5, 0.1, "timm: PyTorch's BatchNorm2d defaults"),
+}
+
+
+def bn_defaults(family: str) -> BatchNormDefaults:
+    """The batch norm of a family name such as "mobilenet_v3_small" (its version's row)."""
+    return BN_DEFAULTS["_".join(family.split("_")[:2])]

@@ -6,13 +6,37 @@ import math
 import torch
 from torch import nn
 
-def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
+WEIGHT_DECAY_ON = ("all", "conv")
+
+
+def _regularized_by_reference(m: nn.Module) -> bool:
+    # Depthwise filters have few parameters each and decay would shrink them towards zero
+    # (V1 §3.2: "little or no weight decay"); slim regularizes neither them, BN nor biases.
+    if isinstance(m, nn.Linear):
+        return True
+    return isinstance(m, nn.Conv2d) and not (m.groups > 1 and m.groups == m.in_channels)
+
+
+def split_weight_decay(model: nn.Module, cfg: dict) -> tuple[list, list]:
+    """(parameters with weight decay, parameters without). weight_decay_on "all": every tensor
+    but 1-D ones (BN, biases, layer scale), which wd_norm_bias adds; "conv": as the reference
+    trainer, only the weights of full and 1×1 convs and linear layers."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        # BN scales/shifts and biases are not regularised in the modern recipes (1-D tensors).
-        (no_decay if p.ndim <= 1 and not cfg["wd_norm_bias"] else decay).append(p)
+    if cfg.get("weight_decay_on", "all") == "conv":
+        chosen = {id(m.weight) for m in model.modules() if _regularized_by_reference(m)}
+        for p in model.parameters():
+            if p.requires_grad:
+                (decay if id(p) in chosen else no_decay).append(p)
+        return decay, no_decay
+    for p in model.parameters():
+        if p.requires_grad:
+            # BN scales/shifts and biases are not regularised in the modern recipes (1-D tensors).
+            (no_decay if p.ndim <= 1 and not cfg["wd_norm_bias"] else decay).append(p)
+    return decay, no_decay
+
+
+def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    decay, no_decay = split_weight_decay(model, cfg)
     groups = [{"params": decay, "weight_decay": cfg["weight_decay"]},
               {"params": no_decay, "weight_decay": 0.0}]
     if cfg["optimizer"] == "sgd":

@@ -12,6 +12,7 @@ from ..datasets.splits import Augment, check_val_fraction
 from ..core.errors import MobileNetsError
 from ..models.mobilenet import list_models, model_task
 from ..models.specs import check_width_mult
+from .optim import WEIGHT_DECAY_ON
 from .tasks import TRAIN_TASKS
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -37,7 +38,8 @@ DEFAULTS = {
     "data_dir": None,
     "val_fraction": None, "workers": 0, "seed": 0, "epochs": 20, "batch_size": 128,
     "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "rmsprop_decay": 0.9,
-    "eps": 1e-8, "weight_decay": 4e-5, "wd_norm_bias": False, "schedule": "cosine",
+    "eps": 1e-8, "weight_decay": 4e-5, "wd_norm_bias": False, "weight_decay_on": "all",
+    "schedule": "cosine",
     "warmup_epochs": 0.0, "min_lr": 0.0, "lr_decay": 0.98, "label_smoothing": 0.0,
     "ema_decay": 0.0, "hflip": 0.5, "scale": [0.08, 1.0], "crop_padding": 0, "erasing": 0.0,
     "auto_augment": None, "eval_flip": False, "amp": "none", "channels_last": True, "compile": False,
@@ -108,6 +110,11 @@ def validate(cfg: dict) -> dict:
     need("ema_decay", number("ema_decay") and 0 <= cfg["ema_decay"] < 1, "0 <= ema_decay < 1")
     need("lr_decay", number("lr_decay") and 0 < cfg["lr_decay"] <= 1, "0 < lr_decay <= 1")
     need("optimizer", cfg["optimizer"] in ("sgd", "rmsprop", "adamw"), "sgd, rmsprop, adamw")
+    need("weight_decay_on", cfg["weight_decay_on"] in WEIGHT_DECAY_ON,
+         "all (every tensor but BN and biases, which wd_norm_bias adds) or conv (conv and linear "
+         "weights but depthwise filters, as the reference trainer)")
+    need("wd_norm_bias", not (cfg["wd_norm_bias"] and cfg["weight_decay_on"] == "conv"),
+         "false with weight_decay_on=conv, which never decays BN or biases")
     need("schedule", cfg["schedule"] in ("cosine", "onecycle", "exponential", "constant"),
          "cosine, onecycle, exponential, constant")
     need("amp", cfg["amp"] in ("none", "bf16", "fp16"), "none, bf16, fp16")

@@ -272,7 +272,7 @@ class DetectionTask(_DenseTask):
         self.classes = (self.train_set if self.train_set is not None else self.val_set).classes
         self.num_classes = len(self.classes)      # background included, as the model counts
         self.collate = collate_detection
-        self.criterion = DetectionLoss()
+        self.criteria: dict[str, DetectionLoss] = {}
         self._anchors: dict[tuple, torch.Tensor] = {}
 
     def anchors(self, model, size) -> torch.Tensor:
@@ -290,7 +290,10 @@ class DetectionTask(_DenseTask):
         images, targets = batch
         logits, deltas = model(images)
         plain = [{"boxes": t["boxes"].as_subclass(torch.Tensor), "labels": t["labels"]} for t in targets]
-        parts = self.criterion(logits.float(), deltas.float(), plain, self.anchors(model, images.shape[-2:]))
+        # The loss that trains the scores the model's `detect` makes (its `classification`).
+        kind = _unwrap(model).classification
+        criterion = self.criteria.setdefault(kind, DetectionLoss(classification=kind))
+        parts = criterion(logits.float(), deltas.float(), plain, self.anchors(model, images.shape[-2:]))
         return parts["loss"], {"box_loss": parts["box_loss"].item(), "cls_loss": parts["cls_loss"].item()}
 
     def evaluate(self, model, loader) -> dict:

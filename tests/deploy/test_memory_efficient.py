@@ -44,3 +44,15 @@ def test_splitting_lowers_measured_peak_memory():
     # it never is.
     assert plain >= 48 * 48 * 48 * 4
     assert split < 0.75 * plain, (plain, split)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1_025", "mobilenet_v2_035", "mobilenet_v3_large_075",
+                                  "mobilenet_v3_small", "mobilenet_v4_conv_small_035"])
+def test_profiler_splits_exactly_the_blocks_the_executor_splits(name):
+    # The Table 3 memory rows (models/profile.py) read the split rule from the specs; the
+    # executor reads it from the built modules. They must pick the same blocks.
+    from mobilenets.models.specs import splittable
+    model = mobilenets.create_model(name).eval()
+    split = memory_efficient(model, 2, channels_last=False)
+    executor = [isinstance(b, SplitInvertedResidual) for b in split.blocks]
+    assert executor == [splittable(spec) for spec in model.arch.blocks]

@@ -200,7 +200,7 @@ def test_registry_aliases_and_unknown_name():
                   "mobilenet_v3_small_minimal_100"):
         assert alias in names
     assert create_model("mobilenet_v1_025").arch.stem_ch == 8
-    assert list_models("*v3_small*")[0].startswith("mobilenet_v3_small")
+    assert "mobilenet_v3_small" in list_models("*v3_small*")
     with pytest.raises(MobileNetsError, match="did you mean mobilenet_v2"):
         create_model("mobilenet_v22")
 

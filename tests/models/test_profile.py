@@ -55,6 +55,27 @@ def test_table3_memory_maxima():
         ("112x112", 16), ("56x56", 24), ("28x28", 32), ("14x14", 96), ("7x7", 320), ("1x1", 1280)]
 
 
+def test_table3_memory_keeps_squeeze_excite_blocks_whole():
+    # Derived from V3 Tables 1 and 2: a block with SE cannot be split (its gate pools all
+    # expanded channels), so its input, expansion and depthwise output exist whole.
+    # Large: block 3 (SE, exp 72) expands at 56² before its stride-2 depthwise; blocks 4-5
+    # (SE, exp 120) at 28²; blocks 11-13 (SE, exp 672) at 14²; blocks 14-15 (SE, exp 960) at 7².
+    large = profile("mobilenet_v3_large")
+    assert [(row["size"], row["channels"]) for row in large["memory_table3"]] == [
+        ("112x112", 16), ("56x56", 72), ("28x28", 120), ("14x14", 672), ("7x7", 960),
+        ("1x1", 1280)]
+    assert large["memory_table3_bytes_fp16"] == 72 * 56 * 56 * 2
+    # Small: block 0 (SE, stride 2, no expansion) needs the stem's 16×112² output whole; block 3
+    # (SE, exp 96) expands at 28²; block 8 (SE, exp 288) at 14²; blocks 9-10 (exp 576) at 7².
+    small = profile("mobilenet_v3_small")
+    assert [(row["size"], row["channels"]) for row in small["memory_table3"]] == [
+        ("112x112", 16), ("56x56", 16), ("28x28", 96), ("14x14", 288), ("7x7", 576),
+        ("1x1", 1024)]
+    # Without SE (minimalistic) every V3 block splits again: only the bottlenecks count.
+    minimal = profile("mobilenet_v3_large_minimal")
+    assert dict((row["size"], row["channels"]) for row in minimal["memory_table3"])["14x14"] == 112
+
+
 def test_eager_peak_memory_is_the_widest_op():
     # V2's widest op: batch norm over block 1's expansion, 96 channels at 112², input + output.
     r = profile("mobilenet_v2")
