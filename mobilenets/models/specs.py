@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from ..core.errors import MobileNetsError
-from .tables import (V1_BLOCKS, V1_STEM, V1_V2_ACTS, V2_BLOCKS, V2_HEAD, V2_STEM, V3_ACT,
+from .tables import (V1_BLOCKS, V1_SHALLOW_BLOCKS, V1_STEM, V1_V2_ACTS, V2_BLOCKS, V2_HEAD, V2_STEM, V3_ACT,
                     V3_LARGE_BLOCKS, V3_LARGE_HEAD, V3_LARGE_STEM, V3_LAST_CONV_RATIO,
                     V3_SMALL_BLOCKS, V3_SMALL_HEAD, V3_SMALL_STEM, V4Table, V4_HEAD,
                     V4_KV_KERNEL, V4_LAST_CONV, V4_TABLES)
@@ -120,13 +120,18 @@ def check_width_mult(width_mult) -> float:
     return w
 
 
-def _v1_blocks(w: float, act: str, proj_act: str | None, shortcut: str, stem: int):
+def _v1_blocks(w: float, act: str, proj_act: str | None, shortcut: str, stem: int,
+               full_conv: bool = False, shallow: bool = False):
     ch = lambda c: max(int(c * w), 8)  # noqa: E731  (slim's `depth` function)
     blocks, in_ch = [], stem
-    for s, c in V1_BLOCKS:
+    for s, c in V1_SHALLOW_BLOCKS if shallow else V1_BLOCKS:
         out = ch(c)
-        blocks.append(BlockSpec(in_ch, out, in_ch, 3, s, act=act, proj_act=proj_act,
-                                shortcut=shortcut))
+        if full_conv:
+            # V1 Table 4's "Conv MobileNet": one full 3×3 conv where the separable pair was.
+            blocks.append(ConvSpec(in_ch, out, 3, s, act=act))
+        else:
+            blocks.append(BlockSpec(in_ch, out, in_ch, 3, s, act=act, proj_act=proj_act,
+                                    shortcut=shortcut))
         in_ch = out
     return blocks
 
@@ -204,7 +209,7 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
                small_input: bool = False, output_stride: int = 32, minimalistic: bool = False,
                proj_act: str | None = "default", shortcut: str = "bottleneck",
                expand_ratio: float | None = None, act: str | None = None,
-               fixed_stem: bool = False) -> Arch:
+               fixed_stem: bool = False, full_conv: bool = False, shallow: bool = False) -> Arch:
     """Resolve a family's table and options into an `Arch`.
 
     proj_act: activation after the 1×1 projection; "default" is the paper's choice
@@ -214,6 +219,8 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
     TensorFlow V1 reference (slim, Keras) and timm use ReLU6, so their weights need act="relu6".
     fixed_stem: keep the stem at the table's width whatever the multiplier, as Keras' V3 always
     does and timm's V3 below α 0.75 (mobilenetv3_small_050). V4 keeps it below α 1 regardless.
+    full_conv, shallow (V1 only): V1 Table 4's network of full 3×3 convolutions in place of the
+    separable layers, and Table 5's shallow network without the five 14×14×512 layers.
     """
     if family not in FAMILIES:
         raise MobileNetsError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
@@ -239,6 +246,12 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
                               "each block's expansion")
     if act is not None and act not in V1_V2_ACTS:
         raise MobileNetsError(f"act={act!r} is not one of {', '.join(map(repr, V1_V2_ACTS))}")
+    if (full_conv or shallow) and family != "mobilenet_v1":
+        raise MobileNetsError(f"full_conv and shallow are MobileNetV1's Table 4 and 5 variants; "
+                              f"{family} has no such option")
+    if full_conv and (proj_act != "default" or shortcut != "bottleneck"):
+        raise MobileNetsError("full_conv=True has no projection nor shortcut to set: each layer "
+                              "is one 3×3 conv; leave proj_act and shortcut at their defaults")
     if dropout is not None and not 0 <= dropout < 1:
         raise MobileNetsError(f"dropout={dropout!r} is out of range; allowed: 0 <= dropout < 1")
 
@@ -248,7 +261,8 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
         act = act or "relu"
         stem = V1_STEM if fixed_stem else max(int(V1_STEM * w), 8)
         blocks = _v1_blocks(w, act, act if proj_act == "default" else proj_act,
-                            "none" if shortcut == "bottleneck" else shortcut, stem)
+                            "none" if shortcut == "bottleneck" else shortcut, stem,
+                            full_conv, shallow)
         arch = dict(stem_ch=stem, stem_act=act, last_conv_ch=None, last_conv_act=None,
                     head_ch=None, head_act=None, split_expansions=False)
     elif family == "mobilenet_v2":
