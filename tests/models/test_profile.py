@@ -90,3 +90,15 @@ def test_resolution_below_total_stride_is_an_error():
     with pytest.raises(MobileNetsError, match="resolution=16 is too small .* total stride 32"):
         profile("mobilenet_v2", 16)
     assert profile(create_model("mobilenet_v2", small_input=True), 28)["madds"] > 0
+
+
+def test_small_v2_counts_follow_table2():
+    # tests/v2_counts.py derives V2's counts from Table 2; at 224 px it gives the reference
+    # implementation's 3,504,872 parameters and 300,774,272 MAdds, so the small models that the
+    # training and ablation tests pin are held to the same derivation here, fast.
+    from v2_counts import v2_counts
+    assert v2_counts(1.0, 224) == (3_504_872, 300_774_272)
+    for width in (0.35, 0.5):
+        r = profile(create_model("mobilenet_v2", width_mult=width, small_input=True, in_chans=1,
+                                 num_classes=10), 28)
+        assert (r["params"], r["madds"]) == v2_counts(width, 28, 1, 10, small_input=True)
