@@ -9,8 +9,15 @@ When ONNX Runtime (the `deploy` extra) is installed, its ONNX Runtime fp32 and i
 forms are timed too.
 Accuracy comes from trained checkpoints when given; otherwise `fit` ranks by multiply-adds, the
 papers' own proxy. It is a proxy, not a law: within a family accuracy mostly rises with MAdds
-across α × ρ, but the published per-checkpoint tables have pairs where the cheaper model is the
-more accurate one.
+across α × ρ, but the reference code's per-checkpoint tables (`tables.V1_CHECKPOINTS`,
+`V2_CHECKPOINTS`) have pairs where the cheaper model is the more accurate one: 2 of the 120 pairs
+of V1's 16 checkpoints and 5 of the 231 pairs of V2's 22 (`accuracy_inversions`; listed in
+docs/paper_tables.md).
+
+`fit` is a grid search over the two multipliers of a fixed table. MobileNetV3's tables came
+from elsewhere: a platform-aware architecture search (MnasNet's reinforcement-learning search
+for the blocks, rewarded by accuracy and measured phone latency) followed by NetAdapt, which
+shrinks one layer's width at a time where accuracy drops least per millisecond saved.
 """
 from __future__ import annotations
 
@@ -40,6 +47,14 @@ BUDGET_KEYS = {  # budget name → (row field, unit shown, scale from the field 
     # channel splits, 16-bit activations (V2 1.0 at 224: 400K); the papers' memory figure.
     "max_memory_kb": ("memory_table3_bytes_fp16", "KB", 1e-3),
 }
+
+
+def accuracy_inversions(table: dict) -> list[tuple]:
+    """Pairs (cheaper, dearer) of keys of a {key: (MAdds, top-1)} table where the model with
+    fewer MAdds has the higher top-1, cheapest first."""
+    items = sorted(table.items(), key=lambda kv: kv[1])
+    return [(a, b) for i, (a, (madds_a, top1_a)) in enumerate(items)
+            for b, (madds_b, top1_b) in items[i + 1:] if madds_a < madds_b and top1_a > top1_b]
 
 
 def family_widths(family: str) -> tuple[float, ...]:

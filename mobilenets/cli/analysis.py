@@ -270,7 +270,8 @@ def _cmd_ablate(args) -> int:
         for a in ab["arms"]:
             print(f"  {a['label']:12s} {percent_text(a['top1_mean'], a['top1_std']):>16s}%  "
                   f"({a['madds'] / 1e6:.1f}M MAdds, {count_text(a['runs'], 'run')})")
-        print(f"  paper: {ab['claim']} — {'held' if ab['held'] else 'did not hold'}"
+        print(f"  {ab.get('claim_source', 'the paper')}: {ab['claim']} — "
+              f"{'held' if ab['held'] else 'did not hold'}"
               f"{' clearly' if ab['clear'] else ''}")
     print(f"wrote {docs} and {chart}")
     return 0

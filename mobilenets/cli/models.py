@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from ..analysis.paper import render_markdown
+from ..analysis.paper_sections import render_document
 from ..core.io import atomic_write_text
 from ..models.convert import SOURCES, convert_file
 from ..models.mobilenet import check_resolution, create_model, list_models
@@ -100,7 +100,7 @@ def _cmd_profile(args) -> int:
 
 
 def _cmd_paper_tables(args) -> int:
-    text = render_markdown()
+    text = render_document()
     if args.out:
         atomic_write_text(args.out, text)
         print(f"wrote {args.out}")

@@ -327,8 +327,8 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
               padding: str = "symmetric", bn_eps: float | None = None,
               bn_momentum: float | None = None, act: str | None = None,
               fixed_stem: bool = False, resolution: int = 224, feature_location: str = "bottleneck",
-              keep_last_conv: bool = False, head_channels: int | None = None,
-              reduced_tail: bool = False) -> MobileNet:
+              keep_last_conv: bool = False, head_channels: int | None = None, reduced_tail: bool = False,
+              full_conv: bool = False, shallow: bool = False) -> MobileNet:
     """Build a MobileNet of `family` with the given options (see `specs.build_arch`; the
     features_only options in `MobileNet` and `feature_levels`).
 
@@ -353,7 +353,8 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
     arch = build_arch(family, width_mult, dropout=dropout, small_input=small_input,
                       output_stride=output_stride, minimalistic=minimalistic, proj_act=proj_act,
                       shortcut=shortcut, expand_ratio=expand_ratio, act=act,
-                      fixed_stem=fixed_stem, head_channels=head_channels, reduced_tail=reduced_tail)
+                      fixed_stem=fixed_stem, head_channels=head_channels, reduced_tail=reduced_tail,
+                      full_conv=full_conv, shallow=shallow)
     bn = bn_defaults(family)   # both checked > 0 above, so `or` only replaces None
     bn_eps, bn_momentum = bn_eps or (1e-3 if padding == "same" else bn.eps), bn_momentum or bn.momentum
     model = MobileNet(arch, num_classes, in_chans, features_only, out_indices, padding, bn_eps,
@@ -415,10 +416,10 @@ for _family, _widths in FAMILY_WIDTHS.items():
             register_model(f"{_family}_minimal_{_width_suffix(_w)}", mobilenet, family=_family,
                            width_mult=_w, minimalistic=True)
         register_model(f"{_family}_minimal", mobilenet, family=_family, minimalistic=True)
+# V1 Table 4's Conv MobileNet and Table 5's shallow MobileNet.
+register_model("mobilenet_v1_full_conv", mobilenet, family="mobilenet_v1", full_conv=True)
+register_model("mobilenet_v1_shallow", mobilenet, family="mobilenet_v1", shallow=True)
 
-
-# ---------------------------------------------------------------------------------------------
-# Weights files
 
 
 def saved_options(path: str | os.PathLike, family: str | None) -> dict:

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from ..core.errors import MobileNetsError
-from .tables import (V1_BLOCKS, V1_STEM, V1_V2_ACTS, V2_BLOCKS, V2_HEAD, V2_STEM, V3_ACT,
+from .tables import (V1_BLOCKS, V1_SHALLOW_BLOCKS, V1_STEM, V1_V2_ACTS, V2_BLOCKS, V2_HEAD, V2_STEM, V3_ACT,
                     V3_LARGE_BLOCKS, V3_LARGE_HEAD, V3_LARGE_LAST_CONV, V3_LARGE_STEM,
                     V3_SMALL_BLOCKS, V3_SMALL_HEAD, V3_SMALL_LAST_CONV, V3_SMALL_STEM, V4Table, V4_HEAD,
                     V4_KV_KERNEL, V4_LAST_CONV, V4_TABLES)
@@ -132,13 +132,18 @@ def check_width_mult(width_mult) -> float:
     return w
 
 
-def _v1_blocks(w: float, act: str, proj_act: str | None, shortcut: str, stem: int):
+def _v1_blocks(w: float, act: str, proj_act: str | None, shortcut: str, stem: int,
+               full_conv: bool = False, shallow: bool = False):
     ch = lambda c: max(int(c * w), 8)  # noqa: E731  (slim's `depth` function)
     blocks, in_ch = [], stem
-    for s, c in V1_BLOCKS:
+    for s, c in V1_SHALLOW_BLOCKS if shallow else V1_BLOCKS:
         out = ch(c)
-        blocks.append(BlockSpec(in_ch, out, in_ch, 3, s, act=act, proj_act=proj_act,
-                                shortcut=shortcut))
+        if full_conv:
+            # V1 Table 4's "Conv MobileNet": one full 3×3 conv where the separable pair was.
+            blocks.append(ConvSpec(in_ch, out, 3, s, act=act))
+        else:
+            blocks.append(BlockSpec(in_ch, out, in_ch, 3, s, act=act, proj_act=proj_act,
+                                    shortcut=shortcut))
         in_ch = out
     return blocks
 
@@ -218,7 +223,8 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
                proj_act: str | None = "default", shortcut: str = "bottleneck",
                expand_ratio: float | None = None, act: str | None = None,
                fixed_stem: bool = False, head_channels: int | None = None,
-               reduced_tail: bool = False) -> Arch:
+               reduced_tail: bool = False, full_conv: bool = False,
+               shallow: bool = False) -> Arch:
     """Resolve a family's table and options into an `Arch`.
 
     proj_act: activation after the 1×1 projection; "default" is the paper's choice
@@ -235,6 +241,8 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
     reduced_tail: V3's task backbones (§6.3, §6.4; slim's V3_*_DETECTION, torchvision's
     reduced_tail): the outputs of the last stage (from its stride-2 block on) and of the 1×1
     conv before pooling halved; expansions follow as ratios of the halved inputs.
+    full_conv, shallow (V1 only): V1 Table 4's network of full 3×3 convolutions in place of the
+    separable layers, and Table 5's shallow network without the five 14×14×512 layers.
     """
     if family not in FAMILIES:
         raise MobileNetsError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
@@ -268,6 +276,12 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
                                   f"after pooling), not {family}")
         if not isinstance(head_channels, int) or isinstance(head_channels, bool) or head_channels < 1:
             raise MobileNetsError(f"head_channels={head_channels!r} is out of range; allowed: integer >= 1")
+    if (full_conv or shallow) and family != "mobilenet_v1":
+        raise MobileNetsError(f"full_conv and shallow are MobileNetV1's Table 4 and 5 variants; "
+                              f"{family} has no such option")
+    if full_conv and (proj_act != "default" or shortcut != "bottleneck"):
+        raise MobileNetsError("full_conv=True has no projection nor shortcut to set: each layer "
+                              "is one 3×3 conv; leave proj_act and shortcut at their defaults")
     if dropout is not None and not 0 <= dropout < 1:
         raise MobileNetsError(f"dropout={dropout!r} is out of range; allowed: 0 <= dropout < 1")
 
@@ -277,7 +291,8 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
         act = act or "relu"
         stem = V1_STEM if fixed_stem else max(int(V1_STEM * w), 8)
         blocks = _v1_blocks(w, act, act if proj_act == "default" else proj_act,
-                            "none" if shortcut == "bottleneck" else shortcut, stem)
+                            "none" if shortcut == "bottleneck" else shortcut, stem,
+                            full_conv, shallow)
         arch = dict(stem_ch=stem, stem_act=act, last_conv_ch=None, last_conv_act=None,
                     head_ch=None, head_act=None, split_expansions=False)
     elif family == "mobilenet_v2":

@@ -1,6 +1,7 @@
 """The papers' architecture tables, as tables: rows you can hold next to V1 Table 1, V2 Table 2,
-V3 Tables 1 and 2, and V4's appendix tables of Conv-S, Conv-M, Conv-L, Hybrid-M and Hybrid-L.
-`specs.build_arch` resolves them into per-block specs. Plain Python: no torch."""
+V3 Tables 1 and 2, and V4's appendix tables of Conv-S, Conv-M, Conv-L, Hybrid-M and Hybrid-L;
+and, at the end, the reference code's accuracy tables over width and resolution.
+`specs.build_arch` resolves the architecture tables into per-block specs. Plain Python: no torch."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,6 +15,14 @@ V1_BLOCKS = [
     (2, 128), (1, 128),
     (2, 256), (1, 256),
     (2, 512), (1, 512), (1, 512), (1, 512), (1, 512), (1, 512),
+    (2, 1024), (1, 1024),
+]
+# V1 Table 5's shallow MobileNet: Table 1 without the five separable layers at 14×14×512.
+V1_SHALLOW_BLOCKS = [
+    (1, 64),
+    (2, 128), (1, 128),
+    (2, 256), (1, 256),
+    (2, 512),
     (2, 1024), (1, 1024),
 ]
 
@@ -281,3 +290,26 @@ BN_DEFAULTS = {
 def bn_defaults(family: str) -> BatchNormDefaults:
     """The batch norm of a family name such as "mobilenet_v3_small" (its version's row)."""
     return BN_DEFAULTS["_".join(family.split("_")[:2])]
+
+
+# The reference code's checkpoint tables over width α and resolution ρ: (α, ρ) → (million MACs,
+# ImageNet top-1 %), float checkpoints. TF-slim's mobilenet_v1.md and mobilenet/README.md; the
+# papers print only slices of them (V1 Tables 6 and 7, V2 Fig. 5).
+V1_CHECKPOINTS = {
+    (1.0, 224): (569, 70.9), (1.0, 192): (418, 70.0), (1.0, 160): (291, 68.0), (1.0, 128): (186, 65.2),
+    (0.75, 224): (317, 68.4), (0.75, 192): (233, 67.2), (0.75, 160): (162, 65.3),
+    (0.75, 128): (104, 62.1),
+    (0.5, 224): (150, 63.3), (0.5, 192): (110, 61.7), (0.5, 160): (77, 59.1), (0.5, 128): (49, 56.3),
+    (0.25, 224): (41, 49.8), (0.25, 192): (34, 47.7), (0.25, 160): (21, 45.5), (0.25, 128): (14, 41.5),
+}
+V2_CHECKPOINTS = {
+    (1.4, 224): (582, 75.0), (1.3, 224): (509, 74.4),
+    (1.0, 224): (300, 71.8), (1.0, 192): (221, 70.7), (1.0, 160): (154, 68.8), (1.0, 128): (99, 65.3),
+    (1.0, 96): (56, 60.3),
+    (0.75, 224): (209, 69.8), (0.75, 192): (153, 68.7), (0.75, 160): (107, 66.4),
+    (0.75, 128): (69, 63.2), (0.75, 96): (39, 58.8),
+    (0.5, 224): (97, 65.4), (0.5, 192): (71, 63.9), (0.5, 160): (50, 61.0), (0.5, 128): (32, 57.7),
+    (0.5, 96): (18, 51.2),
+    (0.35, 224): (59, 60.3), (0.35, 192): (43, 58.2), (0.35, 160): (30, 55.7),
+    (0.35, 128): (20, 50.8), (0.35, 96): (11, 45.5),
+}

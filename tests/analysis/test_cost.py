@@ -56,8 +56,8 @@ def test_v1_table2_breakdown_against_the_paper():
     # 99.29%, and to 100.01% (rounding) with 1.91: a transposition in the paper.
     assert round(rows["conv"]["madds_pct"], 2) == 1.91
     assert round(sum(m for m, _ in TABLE2_PAPER.values()), 2) == 99.29
-    assert b["madds"] == 568_740_352
-    assert sum(r["madds_pct"] for r in b["rows"]) == pytest.approx(100)
+    assert b["madds"] == 568_740_352   # the reference implementation's count (paper.REFERENCE_COUNTS)
+    assert round(sum(r["madds"] for r in b["rows"]) / 1e6) == 569   # V1 Table 6
 
 
 def test_v3_rows_name_its_kernels():

@@ -1,6 +1,7 @@
 import pytest
 
-from mobilenets.analysis.paper import FIGURES, fig_matches, matches, ours, render_markdown
+from mobilenets.analysis.paper import FIGURES, fig_matches, matches, ours
+from mobilenets.analysis.paper_sections import render_document
 
 
 @pytest.mark.parametrize("fig", FIGURES, ids=lambda f: f"{f.source}-{f.model}-{f.resolution}-{f.metric}")
@@ -18,4 +19,4 @@ def test_matching_rule():
 def test_generated_doc_is_current():
     from pathlib import Path
     doc = Path(__file__).parents[2] / "docs" / "paper_tables.md"
-    assert doc.read_text() == render_markdown(), "run: mobilenets paper-tables --out docs/paper_tables.md"
+    assert doc.read_text() == render_document(), "run: mobilenets paper-tables --out docs/paper_tables.md"

@@ -162,3 +162,21 @@ def test_memory_budget_is_the_papers_table3_figure():
     assert (best["width_mult"], best["resolution"]) == (1.0, 224)
     assert best["memory_table3_bytes_fp16"] == 401_408
     assert (best["alternatives"][0]["width_mult"], best["alternatives"][0]["resolution"]) == (1.0, 192)
+
+
+def test_accuracy_inversions_in_the_reference_tables():
+    from mobilenets.analysis.tradeoff import accuracy_inversions
+    from mobilenets.models.tables import V1_CHECKPOINTS, V2_CHECKPOINTS
+    # Read off TF-slim's tables by hand: (α, ρ) of the cheaper, more accurate checkpoint first.
+    assert set(accuracy_inversions(V1_CHECKPOINTS)) == {
+        ((0.75, 128), (0.5, 192)),       # 104M 62.1% vs 110M 61.7%
+        ((0.75, 160), (1.0, 128)),       # 162M 65.3% vs 186M 65.2%
+    }
+    assert set(accuracy_inversions(V2_CHECKPOINTS)) == {
+        ((0.5, 96), (0.35, 128)),        # 18M 51.2% vs 20M 50.8%
+        ((0.75, 96), (0.35, 192)),       # 39M 58.8% vs 43M 58.2%
+        ((0.5, 160), (1.0, 96)),         # 50M 61.0% vs 56M 60.3%
+        ((0.5, 160), (0.35, 224)),       # 50M 61.0% vs 59M 60.3%
+        ((0.5, 224), (1.0, 128)),        # 97M 65.4% vs 99M 65.3%
+    }
+    assert accuracy_inversions({"a": (1, 2.0), "b": (2, 2.0), "c": (3, 1.0)}) == [("a", "c"), ("b", "c")]

@@ -1,6 +1,8 @@
 import ast
 from pathlib import Path
 
+import pytest
+
 import mobilenets
 
 PACKAGE = Path(mobilenets.__file__).parent
@@ -26,3 +28,23 @@ def test_the_tables_and_their_resolution_need_no_torch():
         imports = _imports(path)
         assert not any(i.split(".")[0] in ("torch", "torchvision", "numpy") for i in imports), (name, imports)
         assert {i for i in imports if i.startswith(".")} <= allowed_package_imports[name], (name, imports)
+
+
+def test_v1_table4_and_table5_variants():
+    from mobilenets.core.errors import MobileNetsError
+    from mobilenets.models.specs import ConvSpec, build_arch
+    from mobilenets.models.tables import V1_BLOCKS, V1_SHALLOW_BLOCKS
+    # Table 5: Table 1 without the five separable layers at 14×14×512 (stride 1, 512 out).
+    without_five = list(V1_BLOCKS)
+    for _ in range(5):
+        without_five.remove((1, 512))
+    assert V1_SHALLOW_BLOCKS == without_five
+    shallow = build_arch("mobilenet_v1", shallow=True)
+    assert len(shallow.blocks) == 8 and shallow.total_stride == 32
+    full = build_arch("mobilenet_v1", full_conv=True)
+    assert all(isinstance(b, ConvSpec) and b.kernel == 3 for b in full.blocks)
+    assert [b.out_ch for b in full.blocks] == [c for _, c in V1_BLOCKS]
+    with pytest.raises(MobileNetsError, match="MobileNetV1's Table 4 and 5"):
+        build_arch("mobilenet_v2", shallow=True)
+    with pytest.raises(MobileNetsError, match="no projection nor shortcut"):
+        build_arch("mobilenet_v1", full_conv=True, proj_act="relu6")

@@ -16,6 +16,7 @@ from mobilenets.core.errors import MobileNetsError
 from mobilenets.train import DEFAULTS, TrainingStopped, load_recipe, train
 from mobilenets.train.tasks import ClassificationTask
 from mobilenets.models.mobilenet import load_model
+from v2_counts import v2_counts
 
 # Real Fashion-MNIST runs (the data opens before the model is built).
 pytestmark = pytest.mark.needs_fmnist
@@ -64,8 +65,8 @@ def test_run_directory_contract(run):
     saved = json.loads((out / "report.json").read_text())
     assert saved["model"] == "mobilenet_v2" and saved["epochs"] == 5
     assert 0 <= saved["top5"] <= 1 and saved["top1"] <= saved["top5"]
-    # The recipe's model at 28 px: the profiler's numbers for it.
-    assert (saved["params"], saved["madds"]) == (408650, 12841824)
+    # V2 Table 2 at α 0.35, 28 px, one channel in, 10 classes, small input (tests/v2_counts.py)
+    assert (saved["params"], saved["madds"]) == v2_counts(0.35, 28, 1, 10, small_input=True)
     assert saved["skipped_files"] == 0 and saved["train_seconds"] > 0
     m = rows(out / "metrics.jsonl")
     assert [r["epoch"] for r in m] == [1, 2, 3, 4, 5]
