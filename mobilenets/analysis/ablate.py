@@ -416,9 +416,11 @@ def render_markdown(summary: dict, command: str, chart_name: str) -> str:
 
 
 def write_report(summary: dict, docs: str | Path, command: str) -> tuple[Path, Path]:
-    """docs/ablations.md and its chart (same name, .png) beside it."""
+    """docs/ablations.md, its chart (.png) and every run's result (.json) beside it: the page
+    quotes a committed file, and a reader can recompute each mean from the seeds' figures."""
     docs = Path(docs)
     chart = docs.with_suffix(".png")
     plot_ablations(summary, chart)
+    atomic_write_text(docs.with_suffix(".json"), json.dumps({"command": command, **summary}, indent=1))
     atomic_write_text(docs, render_markdown(summary, command, chart.name))
     return docs, chart

@@ -38,6 +38,7 @@ BACKENDS = ("eager", "compiled", "onnxruntime", "int8",
             "executorch", "executorch-int8", "openvino", "litert")   # the last four: the 'mobile' extra
 PHONE_FILES = {".pte": "executorch", ".tflite": "litert"}   # a file benched alone: its backend
 PEERS = ("torchvision", "timm")
+ROUNDS = 5   # turns each contender takes per batch size
 # (vendor, cpu family) → (FMA pipes per core, FMA datapath bits); family numbers are decimal.
 FMA_UNITS = {
     ("AuthenticAMD", 23): (2, 256),   # Zen, Zen 2 (Zen 1 splits 256-bit ops, close enough)
@@ -335,22 +336,34 @@ def run_bench(spec: str, batches=(1, 32), backends=("eager", "onnxruntime", "int
         cands, info = contenders(spec, list(backends), list(vs), Path(tmp), threads,
                                  resolution=resolution, log=log)
         shape = info["input_shape"]
-        for c in cands:
-            for b in batches:
-                x = torch.randn(b, *shape)
+        for b in batches:
+            x = torch.randn(b, *shape)
+            calls = [c.make_call(x) for c in cands]
+            for c, call in zip(cands, calls):
                 # The first compiled calls compile, and inductor's worker processes keep the CPU
                 # busy a while after: calls right after compiling were 18× slower once here
                 # (load may explain it too), so they get a longer warm-up.
-                warmup = 2 if c.backend != "compiled" else 10
-                times = time_runs(c.make_call(x), repeats if b < 8 else max(5, repeats // 3),
-                                  warmup, budget_s)
-                med = statistics.median(times)
+                time_runs(call, 0, 2 if c.backend != "compiled" else 10, 0)
+            # Contenders take turns round by round, so load that comes and goes and the order
+            # they run in fall on all alike (timed one after another, the same ONNX graph once
+            # differed by 6%).
+            runs = repeats if b < 8 else max(5, repeats // 3)
+            rounds = min(ROUNDS, runs)
+            times: list[list[float]] = [[] for _ in cands]
+            for r in range(rounds):
+                for i, call in enumerate(calls):
+                    times[i] += time_runs(call, runs // rounds + (r < runs % rounds), 0,
+                                          budget_s / rounds)
+            for c, t in zip(cands, times):
+                med = statistics.median(t)
                 gflops = 2 * c.madds * b / med / 1e9
                 rows.append(dict(backend=c.backend, precision=c.precision, batch=b,
                                  median_ms=round(med * 1e3, 3), images_per_s=round(b / med, 2),
                                  gflops_per_s=round(gflops, 2),
                                  peak_fraction=round(gflops / peak["gflops"], 4)))
-                log(f"  {c.backend:24s} batch {b:3d}: {med * 1e3:8.2f} ms ({len(times)} runs)")
+                log(f"  {c.backend:24s} batch {b:3d}: {med * 1e3:8.2f} ms ({len(t)} runs)")
+        order = {c.backend: i for i, c in enumerate(cands)}
+        rows.sort(key=lambda r: (order[r["backend"]], r["batch"]))
     machine = dict(peak, threads=threads, load_average=os.getloadavg(), torch=torch.__version__,
                    model=spec, input_shape=shape)
     return rows, machine

@@ -79,6 +79,10 @@ def test_summary_verdicts_and_resume(tmp_path):
             "is larger than one standard deviation: on this data the order is reversed. The rest held: "
             "bottleneck beat none.") in text
     assert chart.stat().st_size > 0
+    kept = json.loads(docs.with_suffix(".json").read_text())
+    assert kept["command"] == "mobilenets ablate --seeds 3"
+    linear_kept = kept["ablations"][0]["arms"][0]
+    assert linear_kept["label"] == "linear" and sorted(linear_kept["top1"]) == pytest.approx([0.9, 0.901, 0.902])
 
 
 def arms(**top1):
