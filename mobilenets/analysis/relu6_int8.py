@@ -1,4 +1,4 @@
-"""V2 §3 (and V1 before it): ReLU6 is used "because of its robustness when used with
+"""V2 §4 (Model Architecture): ReLU6 is used "because of its robustness when used with
 low-precision computation". Tested here as the drop in top-1 from fp32 to int8.
 
 Two arms of one small model, MobileNetV2 (α 0.35, total stride 8, Fashion-MNIST) built with
@@ -33,7 +33,7 @@ ARMS = (("ReLU", {"act": "relu"}), ("ReLU6", {"act": "relu6"}))
 DEFAULT_SCHEDULE = Schedule(epochs=1, batch_size=128, limit_train=20000, limit_test=0)
 CALIBRATION_IMAGES = 512   # `mobilenets quantize`'s default
 CLAIM = ("ReLU6 is used because of its robustness when used with low-precision computation "
-         "(MobileNetV2 §3; MobileNetV1 §3 uses it for the same reason)")
+         "(MobileNetV2 §4, Model Architecture)")
 TEST_IMAGES = 10000
 
 

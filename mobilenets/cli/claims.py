@@ -41,7 +41,7 @@ def _outputs(p, name: str) -> None:
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("relu6-int8", help="V2 §3: is ReLU6 more robust to int8 than ReLU? "
+    p = sub.add_parser("relu6-int8", help="V2 §4: is ReLU6 more robust to int8 than ReLU? "
                                           "(Fashion-MNIST, fp32 vs int8 top-1 per arm)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per arm (0, 1, ...)")
     p.add_argument("--runs", default="runs/claims/relu6-int8",
