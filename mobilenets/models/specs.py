@@ -11,7 +11,8 @@ from dataclasses import dataclass, field, replace
 
 from ..core.errors import MobileNetsError
 from .tables import (V1_BLOCKS, V1_SHALLOW_BLOCKS, V1_STEM, V1_V2_ACTS, V2_BLOCKS, V2_HEAD, V2_STEM, V3_ACT,
-                    V3_LARGE_BLOCKS, V3_LARGE_HEAD, V3_LARGE_LAST_CONV, V3_LARGE_STEM,
+                    V3_LARGE_BLOCKS, V3_LARGE_HEAD, V3_LARGE_LAST_CONV, V3_LARGE_ORIGINAL_LAST_BLOCK,
+                    V3_LARGE_ORIGINAL_LAST_CONV, V3_LARGE_STEM,
                     V3_SMALL_BLOCKS, V3_SMALL_HEAD, V3_SMALL_LAST_CONV, V3_SMALL_STEM, V4Table, V4_HEAD,
                     V4_KV_KERNEL, V4_LAST_CONV, V4_TABLES)
 
@@ -162,13 +163,48 @@ def _v2_blocks(w: float, act: str, proj_act: str | None, shortcut: str, stem: in
     return blocks
 
 
+LAST_STAGES = ("efficient", "original")
+
+
+def v3_layer_acts(rows: int, minimalistic: bool, hswish_from: int | None, table_acts) -> list[str]:
+    """The nonlinearity of each V3 layer in table order: the stem, one per bneck row, then the
+    last stage (every layer after the last row). hswish_from: None keeps the tables' NL column
+    (the stem and the last stage use h-swish); an index k in 0..rows+2 makes the layers before k
+    ReLU and those from k on h-swish, so 0 is h-swish everywhere and rows+2 ReLU everywhere
+    (V3 Table 5's arms)."""
+    if minimalistic:
+        return ["relu"] * (rows + 2)
+    if hswish_from is None:
+        return ["hswish", *table_acts, "hswish"]
+    return ["relu" if i < hswish_from else "hswish" for i in range(rows + 2)]
+
+
+def _check_v3_options(family: str, rows: int, minimalistic: bool, hswish_from, last_stage: str,
+                      reduced_tail: bool) -> None:
+    if last_stage not in LAST_STAGES:
+        raise MobileNetsError(f"last_stage={last_stage!r} is not one of {', '.join(map(repr, LAST_STAGES))}")
+    if hswish_from is not None and (not isinstance(hswish_from, int) or isinstance(hswish_from, bool)
+                                    or not 0 <= hswish_from <= rows + 2):
+        raise MobileNetsError(f"hswish_from={hswish_from!r} is out of range for {family}; allowed: "
+                              f"None (the table's) or an integer 0..{rows + 2} (0: h-swish "
+                              f"everywhere, {rows + 2}: ReLU everywhere)")
+    if hswish_from is not None and minimalistic:
+        raise MobileNetsError("hswish_from and minimalistic=True conflict: minimalistic uses ReLU "
+                              "everywhere")
+    if last_stage == "original" and (family != "mobilenet_v3_large" or reduced_tail):
+        raise MobileNetsError("last_stage='original' is V3-Large's stage before §5.3's redesign "
+                              f"(Figure 5); {family}{' with reduced_tail' if reduced_tail else ''} "
+                              "has no such stage in the paper")
+
+
 def _v3_blocks(table, w: float, minimalistic: bool, proj_act: str | None, shortcut: str,
-               stem: int, stem_table: int, expand_ratio: float | None, halve_from: int):
+               stem: int, stem_table: int, expand_ratio: float | None, halve_from: int,
+               acts: list[str]):
     # The reference code states each expansion as a ratio of the block's actual input width
     # (`expand_input(3)` for 72 = 3·24), so under α it follows the rounded input, not exp·α;
     # blocks from `halve_from` on have half the table's outputs (reduced_tail).
     blocks, in_ch, table_in = [], stem, stem_table
-    for i, (k, exp, c, se, nl, s) in enumerate(table):
+    for i, (k, exp, c, se, _nl, s) in enumerate(table):
         ratio = exp / table_in if expand_ratio is None or exp == table_in else expand_ratio
         out = make_divisible(c * w / (2 if i >= halve_from else 1))
         exp_ch = in_ch if ratio == 1 else make_divisible(in_ch * ratio)
@@ -176,7 +212,7 @@ def _v3_blocks(table, w: float, minimalistic: bool, proj_act: str | None, shortc
         blocks.append(BlockSpec(
             in_ch, out, exp_ch, 3 if minimalistic else k, s,
             se_ch=make_divisible(exp_ch / 4) if use_se else 0,
-            act="relu" if minimalistic else V3_ACT[nl], proj_act=proj_act, shortcut=shortcut))
+            act=acts[i], proj_act=proj_act, shortcut=shortcut))
         in_ch, table_in = out, c
     return blocks
 
@@ -224,7 +260,8 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
                expand_ratio: float | None = None, act: str | None = None,
                fixed_stem: bool = False, head_channels: int | None = None,
                reduced_tail: bool = False, full_conv: bool = False,
-               shallow: bool = False) -> Arch:
+               shallow: bool = False, last_stage: str = "efficient",
+               hswish_from: int | None = None) -> Arch:
     """Resolve a family's table and options into an `Arch`.
 
     proj_act: activation after the 1×1 projection; "default" is the paper's choice
@@ -243,6 +280,11 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
     conv before pooling halved; expansions follow as ratios of the halved inputs.
     full_conv, shallow (V1 only): V1 Table 4's network of full 3×3 convolutions in place of the
     separable layers, and Table 5's shallow network without the five 14×14×512 layers.
+    last_stage (V3-Large): "efficient", the published stage (§5.3), or "original", the stage it
+    replaced (tables.V3_LARGE_ORIGINAL_LAST_BLOCK): one more bottleneck and the 1280-wide layer
+    before pooling instead of after it.
+    hswish_from (V3): where h-swish starts, as an index into [stem, bneck rows, last stage]
+    (`v3_layer_acts`); None keeps the tables' NL column.
     """
     if family not in FAMILIES:
         raise MobileNetsError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
@@ -276,6 +318,8 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
                                   f"after pooling), not {family}")
         if not isinstance(head_channels, int) or isinstance(head_channels, bool) or head_channels < 1:
             raise MobileNetsError(f"head_channels={head_channels!r} is out of range; allowed: integer >= 1")
+    if (hswish_from is not None or last_stage != "efficient") and not family.startswith("mobilenet_v3"):
+        raise MobileNetsError(f"hswish_from and last_stage are MobileNetV3 options, not {family}'s")
     if (full_conv or shallow) and family != "mobilenet_v1":
         raise MobileNetsError(f"full_conv and shallow are MobileNetV1's Table 4 and 5 variants; "
                               f"{family} has no such option")
@@ -320,20 +364,32 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
                              else (V3_SMALL_BLOCKS, V3_SMALL_HEAD, V3_SMALL_LAST_CONV))
         stem_table = V3_LARGE_STEM if large else V3_SMALL_STEM
         stem = stem_table if fixed_stem else make_divisible(stem_table * w)
+        _check_v3_options(family, len(table), minimalistic, hswish_from, last_stage, reduced_tail)
+        acts = v3_layer_acts(len(table), minimalistic, hswish_from, [V3_ACT[row[4]] for row in table])
         halve_from = len(table)
         if reduced_tail:
             halve_from = max(i for i, row in enumerate(table) if row[5] > 1)
             last //= 2
         blocks = _v3_blocks(table, w, minimalistic, None if proj_act == "default" else proj_act,
-                            shortcut, stem, stem_table, expand_ratio, halve_from)
-        act = "relu" if minimalistic else "hswish"
+                            shortcut, stem, stem_table, expand_ratio, halve_from, acts[1:-1])
+        stem_act, act = acts[0], acts[-1]
         # slim scales the last conv as a layer of its own (make_divisible(576·α), 200 channels
         # for Small 0.35, where 6 × the rounded last block gives 192) and, in the
         # finegrain_classification_mode its published widths use, never the layer after pooling.
-        arch = dict(stem_ch=stem, stem_act=act, last_conv_act=act,
+        arch = dict(stem_ch=stem, stem_act=stem_act, last_conv_act=act,
                     last_conv_ch=make_divisible(last * w),
                     head_ch=head if head_channels is None else head_channels, head_act=act,
                     split_expansions=True)
+        if last_stage == "original":
+            k, exp, c, _se, _nl, s = V3_LARGE_ORIGINAL_LAST_BLOCK
+            in_ch = blocks[-1].out_ch
+            blocks.append(BlockSpec(in_ch, make_divisible(c * w),
+                                    make_divisible(in_ch * exp / table[-1][2]), k, s, act=act,
+                                    proj_act=None if proj_act == "default" else proj_act,
+                                    shortcut=shortcut))
+            # Like the published 1280-wide layer, no multiplier scales it.
+            arch.update(last_conv_ch=V3_LARGE_ORIGINAL_LAST_CONV if head_channels is None
+                        else head_channels, head_ch=None, head_act=None)
 
     levels = _feature_levels(2, blocks)
     stem_stride = 2

@@ -80,6 +80,14 @@ V3_SMALL_HEAD = 1024
 V3_LARGE_LAST_CONV = 960
 V3_SMALL_LAST_CONV = 576
 
+# V3 §5.3, Figure 5: the original last stage the efficient one replaced (V3-Large). After the
+# last bneck, one more V2-style bottleneck at 7×7 (1×1 expansion to 960, 3×3 depthwise, linear
+# 1×1 projection to 320), then a 1×1 conv to 1280 still at 7×7, then pooling and the classifier.
+# The efficient stage keeps the expansion as the conv before pooling, drops the depthwise and
+# projection layers and moves the 1280-wide layer after pooling. Row as in V3_LARGE_BLOCKS.
+V3_LARGE_ORIGINAL_LAST_BLOCK = (3, 960, 320, False, "HS", 1)
+V3_LARGE_ORIGINAL_LAST_CONV = 1280   # at 7×7, before pooling; nothing between pooling and classifier
+
 V3_ACT = {"RE": "relu", "HS": "hswish"}
 V1_V2_ACTS = ("relu", "relu6")
 
