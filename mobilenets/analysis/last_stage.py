@@ -22,7 +22,7 @@ import torch
 
 from ..core.errors import MobileNetsError
 from ..core.figures import new_figure, save_figure
-from ..deploy.bench import time_runs
+from ..deploy.bench import time_in_turns, time_runs
 from ..deploy.fuse import prepare_for_inference
 from ..models.mobilenet import create_model
 from ..models.profile import profile
@@ -80,13 +80,7 @@ def _timed_calls(models, resolution: int, threads: int, repeats: int, budget_s: 
         calls = [call_of(m) for m in fused]
         for call in calls:
             time_runs(call, 0, 3, 0)
-        rounds = min(ROUNDS, repeats)
-        times: list[list[float]] = [[] for _ in calls]
-        for r in range(rounds):
-            for i, call in enumerate(calls):
-                times[i] += time_runs(call, repeats // rounds + (r < repeats % rounds), 0,
-                                      budget_s / rounds)
-        return [statistics.median(t) for t in times]
+        return [statistics.median(t) for t in time_in_turns(calls, repeats, budget_s, ROUNDS)]
     finally:
         torch.set_num_threads(saved)
 

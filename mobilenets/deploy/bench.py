@@ -87,6 +87,18 @@ def time_runs(fn, repeats: int, warmup: int, budget_s: float) -> list[float]:
     return times
 
 
+def time_in_turns(calls, runs: int, budget_s: float, rounds: int = ROUNDS) -> list[list[float]]:
+    """Seconds per call of each of `calls` (already warm), the calls taking turns round by round,
+    so load that comes and goes and the order they run in fall on all alike (timed one after
+    another, the same ONNX graph once differed by 6% here)."""
+    rounds = min(rounds, runs)
+    times: list[list[float]] = [[] for _ in calls]
+    for r in range(rounds):
+        for i, call in enumerate(calls):
+            times[i] += time_runs(call, runs // rounds + (r < runs % rounds), 0, budget_s / rounds)
+    return times
+
+
 def calibrate_batchnorm(model: torch.nn.Module, images: torch.Tensor, batch: int = 16) -> None:
     """Replace random-init BN statistics by the statistics of real images (cumulative average),
     so a model without trained weights still computes activations in a realistic range."""
@@ -344,16 +356,7 @@ def run_bench(spec: str, batches=(1, 32), backends=("eager", "onnxruntime", "int
                 # busy a while after: calls right after compiling were 18× slower once here
                 # (load may explain it too), so they get a longer warm-up.
                 time_runs(call, 0, 2 if c.backend != "compiled" else 10, 0)
-            # Contenders take turns round by round, so load that comes and goes and the order
-            # they run in fall on all alike (timed one after another, the same ONNX graph once
-            # differed by 6%).
-            runs = repeats if b < 8 else max(5, repeats // 3)
-            rounds = min(ROUNDS, runs)
-            times: list[list[float]] = [[] for _ in cands]
-            for r in range(rounds):
-                for i, call in enumerate(calls):
-                    times[i] += time_runs(call, runs // rounds + (r < runs % rounds), 0,
-                                          budget_s / rounds)
+            times = time_in_turns(calls, repeats if b < 8 else max(5, repeats // 3), budget_s)
             for c, t in zip(cands, times):
                 med = statistics.median(t)
                 gflops = 2 * c.madds * b / med / 1e9

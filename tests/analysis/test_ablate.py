@@ -21,7 +21,9 @@ def test_other_families_match_the_base_multiply_adds():
     target = _madds("mobilenet_v2", 0.5)
     for family in ("mobilenet_v1", "mobilenet_v3_small"):
         w = match_width(family, target)
-        assert abs(_madds(family, w) - target) / target < 0.01, (family, w)
+        # Widths are multiples of 8, so MAdds move in steps: V3-Small's jumps 3.5% between
+        # α 1.24 and 1.25 (every layer gains 8 channels), so the nearest width can be 1.8% off.
+        assert abs(_madds(family, w) - target) / target < 0.018, (family, w)
         # No neighbouring width on the 0.01 grid is closer.
         for other in (w - 0.01, w + 0.01):
             assert abs(_madds(family, other) - target) >= abs(_madds(family, w) - target)

@@ -80,3 +80,13 @@ def test_no_peer_for_small_input_or_unknown_library():
     assert _peer_model("timm", small) is None and _peer_model("torchvision", small) is None
     with pytest.raises(MobileNetsError, match="--vs 'keras' is not one of torchvision, timm"):
         _peer_model("keras", small)
+
+
+def test_contenders_take_turns():
+    from mobilenets.deploy.bench import time_in_turns
+    order = []
+    calls = [lambda i=i: order.append(i) for i in range(3)]
+    times = time_in_turns(calls, runs=7, budget_s=float("inf"), rounds=3)
+    assert [len(t) for t in times] == [7, 7, 7]
+    # 7 runs in 3 rounds: 3, 2, 2 calls per contender per round, each contender's block in turn
+    assert order == [0] * 3 + [1] * 3 + [2] * 3 + ([0] * 2 + [1] * 2 + [2] * 2) * 2

