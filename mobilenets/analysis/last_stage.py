@@ -22,7 +22,7 @@ import torch
 
 from ..core.errors import MobileNetsError
 from ..core.figures import new_figure, save_figure
-from ..deploy.bench import time_in_turns, time_runs
+from ..deploy.bench import ROUNDS, time_in_turns, time_runs
 from ..deploy.fuse import prepare_for_inference
 from ..models.mobilenet import create_model
 from ..models.profile import profile
@@ -33,7 +33,6 @@ FAMILIES = {"mobilenet_v3_large": (V3_LARGE_STEM, V3_LARGE_BLOCKS),
 PAPER = {"madds_saved": 30e6, "latency_saved_ms": 7.0, "latency_saved_fraction": 0.11,
          "device": "Pixel phone, one large core, TFLite",
          "table5": "h-swish @N: N is the number of channels of the first layer with h-swish"}
-ROUNDS = 5
 
 
 def first_layer_of_width(family: str, channels: int) -> int:
@@ -80,7 +79,7 @@ def _timed_calls(models, resolution: int, threads: int, repeats: int, budget_s: 
         calls = [call_of(m) for m in fused]
         for call in calls:
             time_runs(call, 0, 3, 0)
-        return [statistics.median(t) for t in time_in_turns(calls, repeats, budget_s, ROUNDS)]
+        return [statistics.median(t) for t in time_in_turns(calls, repeats, budget_s)]
     finally:
         torch.set_num_threads(saved)
 
