@@ -39,6 +39,11 @@ BACKENDS = ("eager", "compiled", "onnxruntime", "int8",
 PHONE_FILES = {".pte": "executorch", ".tflite": "litert"}   # a file benched alone: its backend
 PEERS = ("torchvision", "timm")
 ROUNDS = 5   # turns each contender takes per batch size
+# Before each turn: idle seconds, then untimed calls. A runtime's worker threads spin-wait for
+# work after a call; timed while another contender's threads still spun, ONNX Runtime with 2
+# threads on 2 cores ran 25-30% slower, by position in the order, not by graph.
+SETTLE_S = 0.25
+WARMUP_PER_TURN = 3
 # (vendor, cpu family) → (FMA pipes per core, FMA datapath bits); family numbers are decimal.
 FMA_UNITS = {
     ("AuthenticAMD", 23): (2, 256),   # Zen, Zen 2 (Zen 1 splits 256-bit ops, close enough)
@@ -87,15 +92,18 @@ def time_runs(fn, repeats: int, warmup: int, budget_s: float) -> list[float]:
     return times
 
 
-def time_in_turns(calls, runs: int, budget_s: float, rounds: int = ROUNDS) -> list[list[float]]:
-    """Seconds per call of each of `calls` (already warm), the calls taking turns round by round,
-    so load that comes and goes and the order they run in fall on all alike (timed one after
-    another, the same ONNX graph once differed by 6% here)."""
+def time_in_turns(calls, runs: int, budget_s: float, rounds: int = ROUNDS,
+                  settle_s: float = SETTLE_S, warmup: int = WARMUP_PER_TURN) -> list[list[float]]:
+    """Seconds per call of each of `calls`, the calls taking turns round by round, so load that
+    comes and goes and the order they run in fall on all alike (timed one after another, the same
+    ONNX graph once differed by 6% here). Each turn starts after `settle_s` idle seconds and
+    `warmup` untimed calls, so no contender is timed while the previous one's threads spin."""
     rounds = min(rounds, runs)
     times: list[list[float]] = [[] for _ in calls]
     for r in range(rounds):
         for i, call in enumerate(calls):
-            times[i] += time_runs(call, runs // rounds + (r < runs % rounds), 0, budget_s / rounds)
+            time.sleep(settle_s)
+            times[i] += time_runs(call, runs // rounds + (r < runs % rounds), warmup, budget_s / rounds)
     return times
 
 
@@ -192,7 +200,8 @@ def contenders(spec: str | nn.Module, backends: list[str], vs: list[str], workdi
                           _ort_call(spec, threads))], meta
     if isinstance(spec, str) and Path(spec).suffix in PHONE_FILES:
         return _phone_file_contender(Path(spec), threads)
-    want_calib = bool({"int8", "executorch-int8"} & set(backends))
+    # A peer gets its BN statistics from the same images as ours (see _peer_contenders).
+    want_calib = bool({"int8", "executorch-int8"} & set(backends)) or bool(vs)
     model, meta, info, calib = benchmark_model(spec, resolution, calib_size, want_calib, log)
     res = info["preprocessing"]["resolution"]
     madds = _madds(model, res)
@@ -219,7 +228,7 @@ def contenders(spec: str | nn.Module, backends: list[str], vs: list[str], workdi
             out.append(Contender("openvino", "fp32", madds, _backend_call(OpenVinoBackend(fp32, threads))))
     out += _phone_contenders(model, meta, calib, backends, workdir, threads, madds, log)
     for peer in vs:
-        out += _peer_contenders(peer, model, res, workdir, threads)
+        out += _peer_contenders(peer, model, res, workdir, threads, calib)
     return out, info
 
 
@@ -310,12 +319,16 @@ def _peer_model(peer: str, model) -> nn.Module | None:
         return timm.create_model(timm_name) if timm.is_model(timm_name) else None
 
 
-def _peer_contenders(peer: str, model, res: int, workdir: Path, threads: int) -> list[Contender]:
-    """The peer's model timed eager (channels_last, like ours) and in ONNX Runtime."""
+def _peer_contenders(peer: str, model, res: int, workdir: Path, threads: int,
+                     calib: torch.Tensor) -> list[Contender]:
+    """The peer's model timed eager (channels_last, like ours) and in ONNX Runtime, its BN
+    statistics drawn from the images that calibrated ours."""
     theirs = _peer_model(peer, model)
     if theirs is None:
         return []
-    theirs = theirs.eval()
+    # Random-init BN (mean 0, variance 1) folds into convolutions without bias, which ONNX
+    # Runtime then skips: a graph lighter than any trained model's, ours included.
+    calibrate_batchnorm(theirs, calib)
     theirs.pretrained_cfg = {"in_chans": 3}
     madds = profile(theirs, res)["madds"]
     out = [Contender(f"{peer}-eager", "fp32", madds,

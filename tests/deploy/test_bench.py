@@ -83,10 +83,30 @@ def test_no_peer_for_small_input_or_unknown_library():
 
 
 def test_contenders_take_turns():
+    import time
     from mobilenets.deploy.bench import time_in_turns
-    order = []
-    calls = [lambda i=i: order.append(i) for i in range(3)]
-    times = time_in_turns(calls, runs=7, budget_s=float("inf"), rounds=3)
+    order, stamps = [], []
+    calls = [lambda i=i: (order.append(i), stamps.append(time.perf_counter())) for i in range(3)]
+    times = time_in_turns(calls, runs=7, budget_s=float("inf"), rounds=3, settle_s=0.05, warmup=1)
     assert [len(t) for t in times] == [7, 7, 7]
-    # 7 runs in 3 rounds: 3, 2, 2 calls per contender per round, each contender's block in turn
-    assert order == [0] * 3 + [1] * 3 + [2] * 3 + ([0] * 2 + [1] * 2 + [2] * 2) * 2
+    # 7 runs in 3 rounds: 3, 2, 2 timed calls per contender per round after 1 untimed one, each
+    # contender's block in turn
+    assert order == [0] * 4 + [1] * 4 + [2] * 4 + ([0] * 3 + [1] * 3 + [2] * 3) * 2
+    # every turn starts after the idle pause: a gap of at least settle_s before each new block
+    starts = [k for k in range(1, len(order)) if order[k] != order[k - 1]]
+    assert len(starts) == 8 and all(stamps[k] - stamps[k - 1] >= 0.05 for k in starts)
+
+
+def test_peer_graph_carries_biases_like_ours(tmp_path):
+    """A random-init peer folds its BN into bias-free convolutions, a lighter ONNX graph than
+    any trained model's; calibrated like ours, every convolution of its graph has a bias."""
+    import onnx
+    import torch
+    from mobilenets import create_model
+    from mobilenets.deploy.bench import _peer_contenders
+    pytest.importorskip("timm")
+    ours = create_model("mobilenet_v2", width_mult=0.35).eval()
+    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    _peer_contenders("timm", ours, 32, tmp_path, 1, images)
+    convs = [n for n in onnx.load(tmp_path / "timm.onnx").graph.node if n.op_type == "Conv"]
+    assert convs and all(len(n.input) == 3 for n in convs)
