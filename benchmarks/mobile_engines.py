@@ -17,7 +17,8 @@ Every contender's thread count is set explicitly: PyTorch (torch.set_num_threads
 (intra-op threads), ExecuTorch (its process-wide pool, `set_executorch_threads`: resized
 only between thread counts, once every program of the previous count is released), OpenVINO
 (INFERENCE_NUM_THREADS) and LiteRT (num_threads). Median of the timed runs after warm-up; runs
-alternate between contenders round by round so load that comes and goes falls on all alike.
+alternate between contenders round by round so load that comes and goes falls on all alike,
+each turn after an idle pause that lets the previous contender's spinning threads sleep.
 
     python benchmarks/mobile_engines.py                       # all models (long: int8 lowering)
     python benchmarks/mobile_engines.py --fmnist-weights runs/fmnist/best.safetensors
@@ -46,7 +47,8 @@ from mobilenets import create_model, load_model  # noqa: E402
 from mobilenets.core.io import atomic_write_text  # noqa: E402
 from mobilenets.core.runtime import tune_allocator  # noqa: E402
 from mobilenets.datasets.calibration import calibration_set, load_images, preprocessed  # noqa: E402
-from mobilenets.deploy.bench import _madds, calibrate_batchnorm, cpu_peak, time_runs  # noqa: E402
+from mobilenets.deploy.bench import (  # noqa: E402
+    SETTLE_S, WARMUP_PER_TURN, _madds, calibrate_batchnorm, cpu_peak, time_runs)
 from mobilenets.deploy.export import INPUT_NAME, export, export_metadata, ort_session  # noqa: E402
 from mobilenets.deploy.fuse import prepare_for_inference  # noqa: E402
 from mobilenets.deploy.quantize import quantize_onnx  # noqa: E402
@@ -188,7 +190,8 @@ def runners(model, files: dict, threads: int) -> dict:
 
 
 def latency(calls: dict, shape, batch: int, rounds: int, per_round: int) -> dict:
-    """Median seconds per call for each contender over alternating rounds."""
+    """Median seconds per call for each contender over alternating rounds; each turn starts
+    after an idle pause and untimed calls (`bench.time_in_turns` says why)."""
     x = torch.randn(batch, *shape)
     times = {name: [] for name in calls}
     for _, fn in calls.values():
@@ -196,7 +199,8 @@ def latency(calls: dict, shape, batch: int, rounds: int, per_round: int) -> dict
     order = list(calls)
     for r in range(rounds):
         for name in (order if r % 2 == 0 else order[::-1]):
-            times[name] += time_runs(lambda: calls[name][1](x), per_round, 0, 1e9)
+            time.sleep(SETTLE_S)
+            times[name] += time_runs(lambda: calls[name][1](x), per_round, WARMUP_PER_TURN, 1e9)
     return {name: (statistics.median(ts), len(ts)) for name, ts in times.items()}
 
 
