@@ -117,18 +117,27 @@ def train_matched_pair(runs: str | Path, schedule: Schedule = DEFAULT_SCHEDULE, 
 
 
 def plot_dead_kernels(result: dict, path, which: str = "relative") -> None:
-    """Dead fraction per depthwise layer (input side to output side), one line per model."""
-    fig = new_figure((6.4, 3.4))
-    ax = fig.subplots()
+    """Per depthwise layer (input side to output side), one line per model: the dead fraction,
+    and the weakest kernel's norm over the layer's median, which shows how far from dead the
+    layer is when none has died."""
+    fig = new_figure((6.4, 5.4))
+    top, bottom = fig.subplots(2, 1, sharex=True)
     for m in result["models"]:
-        fractions = [100 * layer[f"fraction_{which}"] for layer in m["layers"]]
         label = f"{m['model']} α={m['width_mult']:g}" if m["width_mult"] else str(m["model"])
-        ax.plot(range(1, len(fractions) + 1), fractions, marker="o", label=label)
+        layers = range(1, len(m["layers"]) + 1)
+        top.plot(layers, [100 * layer[f"fraction_{which}"] for layer in m["layers"]], marker="o",
+                 label=label)
+        bottom.plot(layers, [layer["min_norm"] / layer["median_norm"] for layer in m["layers"]],
+                    marker="o", label=label)
     thr = result["models"][0]["thresholds"][which]
-    ax.set_xlabel("depthwise layer (input → output)")
-    ax.set_ylabel("dead kernels (%)")
-    ax.set_title(f"kernels with L2 norm < {thr:g}" + (" × the layer's median" if which == "relative" else ""),
-                 fontsize=9)
-    ax.legend(fontsize=8)
+    top.set_ylim(0, max(1.0, 1.1 * max(100 * layer[f"fraction_{which}"]
+                                       for m in result["models"] for layer in m["layers"])))
+    top.set_ylabel("dead kernels (%)")
+    top.set_title(f"kernels with L2 norm < {thr:g}" + (" × the layer's median" if which == "relative" else ""),
+                  fontsize=9)
+    top.legend(fontsize=8)
+    bottom.set_ylabel("weakest / median norm")
+    bottom.set_ylim(0, 1.05)
+    bottom.set_xlabel("depthwise layer (input → output)")
     fig.tight_layout()
     save_figure(fig, path)
