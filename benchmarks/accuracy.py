@@ -35,8 +35,8 @@ EXPERIMENTS = {
     "fashion-mnist": (FMNIST, "the shipped Fashion-MNIST recipe: MobileNetV2 0.35, small input, 9 epochs"),
     "fashion-mnist-20ep": (
         FMNIST + ["--set", "epochs=20"],
-        "the shipped Fashion-MNIST recipe run for 20 epochs instead of 9 (about 50 minutes on a "
-        "2-core Zen 3 with a 184 GFLOP/s 2-thread SGEMM)"),
+        "the shipped Fashion-MNIST recipe run for 20 epochs instead of 9 (44 minutes on a "
+        "2-core Zen 3 with a 174 GFLOP/s 2-thread SGEMM)"),
     "fashion-mnist-v4-conv-small-3ep": (
         FMNIST + ["--model", "mobilenet_v4_conv_small", "--width-mult", "1.0", "--set", "epochs=3"],
         "MobileNetV4-Conv-S, small input, the Fashion-MNIST recipe cut to 3 epochs"),

@@ -41,7 +41,7 @@ PEERS = ("torchvision", "timm")
 ROUNDS = 5   # turns each contender takes per batch size
 # Before each turn: idle seconds, then untimed calls. A runtime's worker threads spin-wait for
 # work after a call; timed while another contender's threads still spun, ONNX Runtime with 2
-# threads on 2 cores ran 25-30% slower, by position in the order, not by graph.
+# threads on 2 cores ran 30-75% slower, by position in the order, not by graph.
 SETTLE_S = 0.25
 WARMUP_PER_TURN = 3
 # (vendor, cpu family) → (FMA pipes per core, FMA datapath bits); family numbers are decimal.
