@@ -16,9 +16,9 @@ is the short check of ExecuTorch's thread pool against ONNX Runtime behind docs/
 Every contender's thread count is set explicitly: PyTorch (torch.set_num_threads), ONNX Runtime
 (intra-op threads), ExecuTorch (its process-wide pool, `set_executorch_threads`: resized
 only between thread counts, once every program of the previous count is released), OpenVINO
-(INFERENCE_NUM_THREADS) and LiteRT (num_threads). Median of the timed runs after warm-up; runs
-alternate between contenders round by round so load that comes and goes falls on all alike,
-each turn after an idle pause that lets the previous contender's spinning threads sleep.
+(INFERENCE_NUM_THREADS) and LiteRT (num_threads). Median of the timed runs after warm-up; the
+contenders take turns as `mobilenets bench` times them (`bench.time_in_turns`), each turn
+after an idle pause that lets the previous contender's spinning threads sleep.
 
     python benchmarks/mobile_engines.py                       # all models (long: int8 lowering)
     python benchmarks/mobile_engines.py --fmnist-weights runs/fmnist/best.safetensors
@@ -48,7 +48,7 @@ from mobilenets.core.io import atomic_write_text  # noqa: E402
 from mobilenets.core.runtime import tune_allocator  # noqa: E402
 from mobilenets.datasets.calibration import calibration_set, load_images, preprocessed  # noqa: E402
 from mobilenets.deploy.bench import (  # noqa: E402
-    SETTLE_S, WARMUP_PER_TURN, _madds, calibrate_batchnorm, cpu_peak, time_runs)
+    _madds, calibrate_batchnorm, cpu_peak, time_in_turns, time_runs)
 from mobilenets.deploy.export import INPUT_NAME, export, export_metadata, ort_session  # noqa: E402
 from mobilenets.deploy.fuse import prepare_for_inference  # noqa: E402
 from mobilenets.deploy.quantize import quantize_onnx  # noqa: E402
@@ -190,18 +190,15 @@ def runners(model, files: dict, threads: int) -> dict:
 
 
 def latency(calls: dict, shape, batch: int, rounds: int, per_round: int) -> dict:
-    """Median seconds per call for each contender over alternating rounds; each turn starts
-    after an idle pause and untimed calls (`bench.time_in_turns` says why)."""
+    """Median seconds per call for each contender, the contenders taking turns as `bench` times
+    them (`bench.time_in_turns`: each turn after an idle pause and untimed calls)."""
     x = torch.randn(batch, *shape)
-    times = {name: [] for name in calls}
-    for _, fn in calls.values():
-        time_runs(lambda: fn(x), 0, 2, 0)   # warm-up (the ExecuTorch/ORT first calls plan memory)
-    order = list(calls)
-    for r in range(rounds):
-        for name in (order if r % 2 == 0 else order[::-1]):
-            time.sleep(SETTLE_S)
-            times[name] += time_runs(lambda: calls[name][1](x), per_round, WARMUP_PER_TURN, 1e9)
-    return {name: (statistics.median(ts), len(ts)) for name, ts in times.items()}
+    names = list(calls)
+    fns = [lambda fn=calls[name][1]: fn(x) for name in names]
+    for fn in fns:
+        time_runs(fn, 0, 2, 0)   # warm-up (the ExecuTorch/ORT first calls plan memory)
+    times = time_in_turns(fns, rounds * per_round, float("inf"), rounds)
+    return {name: (statistics.median(ts), len(ts)) for name, ts in zip(names, times)}
 
 
 def executorch_default_threads() -> int:
