@@ -5,9 +5,11 @@ machine it ran on.
     python benchmarks/accuracy.py --list
     python benchmarks/accuracy.py fashion-mnist [--threads 2] [--seed 0] [--run-dir DIR] [--keep-weights]
     python benchmarks/accuracy.py fashion-mnist --collect runs/fmnist      # summarise a finished run
+    python benchmarks/accuracy.py detection | segmentation                 # on the scene set
 
 The model is chosen on the held-out val split of the training images (the recipe's
-`val_fraction`); the test images are never seen before the end. An interrupted training resumes
+`val_fraction`); the test images (for detection and segmentation: the scene set's val split) are
+never seen before the end. The scene set is written to runs/scenes first when it is missing. An interrupted training resumes
 when the same command is run again. The summary goes to benchmarks/results/accuracy/NAME.json
 (with `--keep-weights`, the weights to NAME.safetensors, so `mobilenets eval` re-scores them in
 seconds). With `--collect`, the machine is described when the summary is written, not while the
@@ -31,23 +33,46 @@ from mobilenets.core.io import atomic_write_text  # noqa: E402
 from mobilenets.core.machine import describe_machine  # noqa: E402
 
 FMNIST = ["--data", "fashion-mnist", "--recipe", "fashion-mnist"]
+# The scene set the detection and segmentation recipes are sized for (`mobilenets data scenes`).
+SCENES = Path("runs") / "scenes"
+SCENE_ARGS = ["--train", "4000", "--val", "500", "--seed", "0"]
 EXPERIMENTS = {
     "fashion-mnist": (FMNIST, "the shipped Fashion-MNIST recipe: MobileNetV2 0.35, small input, 9 epochs"),
     "fashion-mnist-20ep": (
         FMNIST + ["--set", "epochs=20"],
         "the shipped Fashion-MNIST recipe run for 20 epochs instead of 9 (44 minutes on a "
         "2-core Zen 3 with a 174 GFLOP/s 2-thread SGEMM)"),
+    "fashion-mnist-best": (
+        ["--data", "fashion-mnist", "--recipe", "fashion-mnist-best"],
+        "the two-hour Fashion-MNIST recipe: MobileNetV2 0.5, small input, 30 epochs"),
     "fashion-mnist-v4-conv-small-3ep": (
         FMNIST + ["--model", "mobilenet_v4_conv_small", "--width-mult", "1.0", "--set", "epochs=3"],
         "MobileNetV4-Conv-S, small input, the Fashion-MNIST recipe cut to 3 epochs"),
     "fashion-mnist-v3-small-3ep": (
         FMNIST + ["--model", "mobilenet_v3_small", "--width-mult", "1.0", "--set", "epochs=3"],
         "MobileNetV3-Small, small input, the Fashion-MNIST recipe cut to 3 epochs"),
+    "detection": (
+        ["--task", "detection", "--data", str(SCENES / "coco"), "--recipe", "detection"],
+        "SSDLite on MobileNetV2 0.5, the detection recipe on the scene set (4000 training scenes)"),
+    "segmentation": (
+        ["--task", "segmentation", "--data", str(SCENES / "voc"), "--recipe", "segmentation"],
+        "Mobile DeepLabv3 on MobileNetV2 0.5, the segmentation recipe on the scene set"),
 }
+# What each task's evaluation reports, and the split its run scores once, at the end.
+SCORES = {"classification": ("top1", "top5"), "detection": ("mAP", "AP50", "AP75"),
+          "segmentation": ("mIoU", "pixel_accuracy")}
+TEST_SPLIT = {"classification": "test", "detection": "val", "segmentation": "val"}
+HEADLINE = {"classification": "top1", "detection": "AP50", "segmentation": "mIoU"}
 RESULTS = ROOT / "benchmarks" / "results" / "accuracy"
-REPORT_KEYS = ("model", "model_kwargs", "recipe", "data", "resolution", "epochs", "train_seconds",
-               "params", "madds", "selection", "best_epoch", "val_images", "val_top1", "val_top5",
-               "test_images", "test_top1", "test_top5")
+REPORT_KEYS = ("model", "model_kwargs", "task", "recipe", "data", "resolution", "epochs", "train_seconds",
+               "params", "madds", "selection", "best_epoch", "val_images", "test_split", "test_images",
+               *(f"{split}_{k}" for k in sorted({k for ks in SCORES.values() for k in ks})
+                 for split in ("val", "test")))
+
+
+def option(name: str, flag: str, default: str) -> str:
+    args = EXPERIMENTS[name][0]
+    return args[args.index(flag) + 1] if flag in args else default
 
 
 def mobilenets_cli(*args: str, threads: int | None) -> None:
@@ -60,6 +85,9 @@ def mobilenets_cli(*args: str, threads: int | None) -> None:
 
 
 def train(name: str, run_dir: Path, seed: int, threads: int | None) -> None:
+    data = ROOT / option(name, "--data", "fashion-mnist")
+    if option(name, "--task", "classification") != "classification" and not data.is_dir():
+        mobilenets_cli("data", "scenes", "--out", str(ROOT / SCENES), *SCENE_ARGS, threads=threads)
     if (run_dir / "report.json").exists():
         print(f"{run_dir} has finished; summarising it")
     elif (run_dir / "last.pt").exists():
@@ -69,15 +97,17 @@ def train(name: str, run_dir: Path, seed: int, threads: int | None) -> None:
                        threads=threads)
 
 
-def score_test(run_dir: Path, threads: int | None) -> dict:
-    """Test top-1 of the returned model, plain and with flip averaging."""
-    out = {}
-    for label, extra in (("plain", []), ("flip", ["--flip"])):
+def score_test(name: str, run_dir: Path, threads: int | None) -> dict:
+    """The returned model's scores on the test split, by `mobilenets eval`: plain, and (not for
+    detectors) with flip averaging."""
+    task, out = option(name, "--task", "classification"), {}
+    variants = (("plain", []),) + ((("flip", ["--flip"]),) if task != "detection" else ())
+    for label, extra in variants:
         eval_dir = run_dir / f"test-{label}"
-        mobilenets_cli("eval", str(run_dir / "best.safetensors"), "--data", "fashion-mnist",
-                       "--split", "test", *extra, "--out", str(eval_dir), threads=threads)
-        result = json.loads((eval_dir / "eval.json").read_text())
-        out[label] = {k: result[k] for k in ("top1", "top5", "images", "split")}
+        mobilenets_cli("eval", str(run_dir / "best.safetensors"), "--data", option(name, "--data", "fashion-mnist"),
+                       "--split", TEST_SPLIT[task], *extra, "--out", str(eval_dir), threads=threads)
+        result = json.loads((eval_dir / ("eval.json" if task == "classification" else "metrics.json")).read_text())
+        out[label] = {k: result[k] for k in (*SCORES[task], "images", "split")}
     return out
 
 
@@ -97,7 +127,7 @@ def summarise(name: str, run_dir: Path, seed: int, machine: dict, described_at: 
         "command": " ".join(["python benchmarks/accuracy.py", name, "--seed", str(seed)]),
         "train_command": " ".join(["mobilenets train", *EXPERIMENTS[name][0], "--seed", str(seed)]),
         "machine": machine, "machine_described_at": described_at,
-        "report": {k: report.get(k) for k in REPORT_KEYS},
+        "report": {k: report[k] for k in REPORT_KEYS if k in report},
         "test": tests,
         "train_img_per_s": [e.get("img_per_s") for e in epochs],
         "img_per_s_per_sgemm_gflop": (round(images / max(report["train_seconds"], 1e-9)
@@ -133,7 +163,7 @@ def main(argv=None) -> int:
         machine, described_at = describe_machine(args.threads), "training"
         train(args.experiment, run_dir, args.seed, args.threads)
         machine["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
-    tests = score_test(run_dir, args.threads)
+    tests = score_test(args.experiment, run_dir, args.threads)
     summary = summarise(args.experiment, run_dir, args.seed, machine, described_at, tests)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{args.experiment}.json"
@@ -141,9 +171,11 @@ def main(argv=None) -> int:
     if args.keep_weights:
         shutil.copyfile(run_dir / "best.safetensors", RESULTS / f"{args.experiment}.safetensors")
     r, t = summary["report"], summary["test"]
-    print(f"{args.experiment}: val top-1 {r['val_top1']}, test top-1 {t['plain']['top1']:.4f} "
-          f"(flip {t['flip']['top1']:.4f}) after {r['train_seconds'] / 60:.1f} min on "
-          f"{machine['model_name']} (SGEMM {machine['sgemm_gflops']} GFLOP/s) -> {path}")
+    metric = HEADLINE[r.get("task", "classification")]
+    scores = ", ".join(f"{label} {v[metric]:.4f}" for label, v in t.items())
+    print(f"{args.experiment}: val {metric} {r[f'val_{metric}']}, test {metric} {scores} after "
+          f"{r['train_seconds'] / 60:.1f} min on {machine['model_name']} (SGEMM {machine['sgemm_gflops']} "
+          f"GFLOP/s) -> {path}")
     return 0
 
 

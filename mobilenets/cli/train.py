@@ -54,10 +54,12 @@ def add_commands(sub) -> None:
                                                 "folder for detection, a VOC folder for segmentation")
     p.add_argument("--data-dir", default=None, help="where the Fashion-MNIST idx files are")
     p.add_argument("--val-fraction", type=count_or_fraction, default=None, metavar="F_OR_N",
-                   help="classifiers: the share of the training images held out as the val split that "
-                        "scores every epoch and picks best.safetensors (test data is scored once, at "
-                        "the end): a fraction (0.1) or a number of images (5000); 0: none, keep the "
-                        "final epoch; default 5000 for Fashion-MNIST, 0.1 for folders without val/")
+                   help="the share of the training images held out as the val split that scores "
+                        "every epoch and picks best.safetensors (test data, or a detection or "
+                        "segmentation folder's val split, is scored once, at the end): a fraction "
+                        "(0.1) or a number of images (5000); 0: none, keep the final epoch; default "
+                        "5000 for Fashion-MNIST, 0.1 for folders without val/ and for detection and "
+                        "segmentation")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="per process")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate")

@@ -13,7 +13,7 @@ from ..core.errors import MobileNetsError
 from ..models.mobilenet import list_models, model_task
 from ..models.specs import check_width_mult
 from .optim import WEIGHT_DECAY_ON
-from .tasks import TRAIN_TASKS
+from .tasks import DENSE_VAL_FRACTION, TRAIN_TASKS
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
@@ -148,25 +148,27 @@ def validate(cfg: dict) -> dict:
             if cfg[key] != DEFAULTS[key]:
                 raise MobileNetsError(f"{key}={cfg[key]!r} applies to classification only; {cfg['task']} "
                                       f"augments with coco_voc.{cfg['task']}_transforms")
-        for key in ("val_fraction", "limit_test"):
-            if cfg[key] != DEFAULTS[key]:
-                raise MobileNetsError(f"{key}={cfg[key]!r} applies to classification only; {cfg['task']} "
-                                      "picks its best epoch on the annotations' val split")
         need("in_chans", cfg["in_chans"] in (None, 3), f"3 ({cfg['task']} reads RGB images)")
+        if cfg["val_fraction"] is None:
+            cfg["val_fraction"] = DENSE_VAL_FRACTION
     return cfg
 
 
 def resumed_config(saved: dict) -> dict:
     """The config a checkpoint's `saved` one resumes with: DEFAULTS for the keys added since.
-    Runs saved before the test set was kept apart (they have no limit_test) scored every epoch on
-    the test set where val is now held out beside it, and trained on all the training images;
-    they go on training on those, as val_fraction=0 runs that keep their final epoch."""
+    Runs saved before the test set was kept apart (classification runs without limit_test,
+    detection and segmentation runs without val_fraction) scored every epoch on the split that is
+    now scored once at the end, and trained on all the training images; they go on training on
+    those, as val_fraction=0 runs that keep their final epoch."""
     cfg = {**DEFAULTS, **saved}
-    if "limit_test" not in saved:
-        if saved.get("task") not in (None, "classification"):
-            cfg["val_fraction"] = None   # it did nothing there, and is refused there now
-        elif val_held_out_beside_test(str(saved.get("data"))):
-            cfg["val_fraction"] = 0
+    if saved.get("task") not in (None, "classification") and (saved.get("val_fraction") is None
+                                                                or "limit_test" not in saved):
+        # Detection and segmentation runs from before their val split was held out of the
+        # training images (`validate` now always sets it) chose their epoch on the annotations'
+        # val split: they go on with all their training images and keep the final epoch.
+        cfg["val_fraction"] = 0
+    elif "limit_test" not in saved and val_held_out_beside_test(str(saved.get("data"))):
+        cfg["val_fraction"] = 0
     return cfg
 
 

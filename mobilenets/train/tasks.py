@@ -37,16 +37,19 @@ from . import distributed
 from .metrics import coco_map, detect_dataset, iou_scores, segment_dataset
 from ..datasets.classification import open_dataset
 from ..datasets.folders import DatasetSplit
-from ..datasets.splits import Augment
+from ..datasets.splits import Augment, held_out, held_out_count
 from .evaluate import evaluate
 from ..models.weights import save_weights
-from ..models.mobilenet import IMAGENET_MEAN, IMAGENET_STD, check_resolution, load_model
+from ..models.mobilenet import IMAGENET_MEAN, IMAGENET_STD, check_resolution, load_model, load_task_model
 from ..models.weights import save_task_weights
 
 TASKS = ("detection", "segmentation")
 TRAIN_TASKS = ("classification", *TASKS)
 # Input side when the recipe gives none: the papers' COCO (SSDLite) and VOC (DeepLab) crops.
 DEFAULT_RESOLUTION = {"detection": 320, "segmentation": 512}
+# The share of a detection or segmentation training split held out to pick the best epoch when
+# `val_fraction` is None, as for image folders without a val/ folder.
+DENSE_VAL_FRACTION = 0.1
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -184,7 +187,12 @@ class ClassificationTask:
 
 class _DenseTask:
     """Trainer hooks shared by detection and segmentation, whose readers decode and augment
-    item by item (`data.DatasetSplit`). Evaluation runs on every rank over the whole split."""
+    item by item (`data.DatasetSplit`). Evaluation runs on every rank over the whole split.
+
+    For training, a seeded share of the training images (`val_fraction`, default
+    DENSE_VAL_FRACTION) is held out, un-augmented, as the val split that scores every epoch and
+    picks best.safetensors; the annotations' own val split is the run's test split, scored once,
+    at the end, on best.safetensors. With val_fraction=0 the final epoch's model is kept."""
     record_keys: tuple[str, ...] = ()
     per_class_key = ""
 
@@ -194,17 +202,22 @@ class _DenseTask:
 
     def for_training(self, cfg: dict) -> "_DenseTask":
         self.data_name = str(cfg["data"])
-        self.train = DatasetSplit(self.train_set, self.collate, augment=True, workers=cfg["workers"])
-        self.val = DatasetSplit(self.val_set, self.collate, workers=cfg["workers"])
-        if cfg["limit_train"]:
-            self.train = self.train.subset(cfg["limit_train"], cfg["seed"])
-        if cfg["limit_val"]:
-            self.val = self.val.subset(cfg["limit_val"], cfg["seed"])
+        n_val = held_out_count(cfg["val_fraction"], len(self.train_set), DENSE_VAL_FRACTION)
+        train_idx, val_idx = held_out(len(self.train_set), n_val, cfg["seed"])
+        held = self.train_set.select(val_idx.tolist())
+        held.transforms = self.val_set.transforms
+        split = partial(DatasetSplit, collate=self.collate, workers=cfg["workers"])
+        self.train = split(self.train_set.select(train_idx.tolist()), augment=True)
+        self.val = split(held) if n_val else None
+        self.test = split(self.val_set)
+        for name, limit in (("train", cfg["limit_train"]), ("val", cfg["limit_val"]), ("test", cfg["limit_test"])):
+            if limit and getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).subset(limit, cfg["seed"]))
         return self
 
     @property
     def plot_keys(self) -> tuple[str, ...]:
-        return tuple(f"val_{k}" for k in self.record_keys)
+        return tuple(f"val_{k}" for k in self.record_keys) if self.val is not None else ()
 
     def model_kwargs(self, cfg: dict) -> dict:
         kwargs = {"num_classes": self.num_classes}
@@ -228,8 +241,13 @@ class _DenseTask:
         return {f"train_{k}": v / max(seen, 1) for k, v in sums.items()}
 
     def evaluate_split(self, model: nn.Module, batch_size: int, ctx, memory_format, amp_dtype) -> dict:
-        loader = DataLoader(self.val.dataset, batch_size=batch_size, collate_fn=self.collate,
-                            num_workers=self.val.workers)
+        if self.val is None:
+            return {"metric": -math.inf}   # nothing to choose by: `finish` keeps the final model
+        return self._score(model, self.val, batch_size, amp_dtype)
+
+    def _score(self, model: nn.Module, split: DatasetSplit, batch_size: int, amp_dtype=None) -> dict:
+        loader = DataLoader(split.dataset, batch_size=batch_size, collate_fn=self.collate,
+                            num_workers=split.workers)
         was_training = model.training
         device = next(model.parameters()).device
         try:
@@ -239,21 +257,46 @@ class _DenseTask:
             model.train(was_training)
 
     def record(self, val: dict) -> dict:
-        return {f"val_{k}": val[k] for k in self.record_keys}
+        return {f"val_{k}": val[k] for k in self.record_keys if k in val}
 
     def describe(self, record: dict) -> str:
-        return f"train loss {record['train_loss']:.4f}  val " + " ".join(
-            f"{k} {record['val_' + k]:.4f}" for k in self.record_keys)
+        line = f"train loss {record['train_loss']:.4f}"
+        if f"val_{self.metric}" in record:
+            line += "  val " + " ".join(f"{k} {record['val_' + k]:.4f}" for k in self.record_keys)
+        return line
 
     def report(self, val: dict) -> dict:
+        if self.metric not in val:
+            return {}
         return {**{k: val[k] for k in self.record_keys}, self.per_class_key: json_safe(val[self.per_class_key])}
 
     def finish(self, out, model: nn.Module, batch_size: int, ctx, memory_format, report: dict) -> dict:
-        return {}   # the loop's val scores are the whole report
+        """As classification's: which split each score comes from, and the test split scored on
+        best.safetensors as saved (the final model's, without a val split)."""
+        best_path = Path(out) / "best.safetensors"
+        if self.val is None and ctx.main:
+            self.save_best(best_path, model, None, report["epochs"],
+                           f"mobilenets train, recipe {report['recipe']}, data {report['data']}")
+        distributed.barrier(ctx)   # rank 0 has written the file every rank reads
+        kept, meta = load_task_model(best_path)
+        test = self._score(kept.to(ctx.device), self.test, batch_size)
+        entries = {"selection": (f"best val {self.metric} ({len(self.val)} training images held out)"
+                                 if self.val is not None else "final epoch (no validation split)"),
+                   "val_images": len(self.val) if self.val is not None else 0,
+                   **{f"val_{k}": meta.get(k) for k in self.record_keys},
+                   "test_split": self.val_split, "test_images": len(self.test),
+                   **{f"test_{k}": test[k] for k in self.record_keys},
+                   # The scores `mobilenets train` prints are the test split's.
+                   **{k: test[k] for k in self.record_keys}, self.per_class_key: json_safe(test[self.per_class_key]),
+                   f"{self.metric}_split": "test"}
+        if self.val is None:
+            entries.update({f"best_{self.metric}": None, "best_epoch": report["epochs"]})
+        return entries
 
-    def save_best(self, path, model: nn.Module, val: dict, epoch: int, source: str) -> None:
+    def save_best(self, path, model: nn.Module, val: dict | None, epoch: int, source: str) -> None:
+        scores = {k: val[k] for k in self.record_keys} if val else {}
         save_task_weights(path, model, self.name, self.classes, self.resolution,
-                          **{k: val[k] for k in self.record_keys}, epoch=epoch, source=source)
+                          **scores, epoch=epoch, source=source)
 
 
 class DetectionTask(_DenseTask):
@@ -265,6 +308,7 @@ class DetectionTask(_DenseTask):
     def __init__(self, data: str, resolution: int, mean, std, train_split: str | None = "train",
                  val_split: str = "val"):
         self.resolution, self.mean, self.std = resolution, tuple(mean), tuple(std)
+        self.val_split = val_split
         self.train_set = CocoDetection(*coco_files(data, train_split),
                                        detection_transforms(resolution, True, mean, std)) if train_split else None
         self.val_set = CocoDetection(*coco_files(data, val_split),
@@ -313,6 +357,7 @@ class SegmentationTask(_DenseTask):
     def __init__(self, data: str, resolution: int, mean, std, train_split: str | None = "train",
                  val_split: str = "val", scales: tuple[float, ...] = (1.0,), flip: bool = False):
         self.resolution, self.scales, self.flip = resolution, tuple(scales), flip
+        self.val_split = val_split
         self.mean, self.std = tuple(mean), tuple(std)
         self.train_set = VOCSegmentation(data, train_split, segmentation_transforms(
             resolution, True, mean, std)) if train_split else None

@@ -38,3 +38,29 @@ def test_collect_summarises_a_finished_run(tmp_path, monkeypatch):
     assert summary["machine_described_at"] == "collection" and summary["machine"]["sgemm_gflops"] > 0
     assert len(summary["epochs"]) == 1
 
+
+
+@pytest.mark.slow
+@pytest.mark.needs_fmnist
+@pytest.mark.usefixtures("one_thread")
+def test_collect_summarises_a_segmentation_run(tmp_path, monkeypatch, scenes):
+    """A segmenter's summary: the scene set's val split, scored once by the run and again by
+    `mobilenets eval`, with 4 training scenes held out to choose the epoch."""
+    run, data = tmp_path / "run", str(scenes / "voc")
+    assert main(["train", "--model", "deeplabv3_mobilenet_v2", "--data", data, "--out", str(run), "--epochs", "1",
+                 "--batch-size", "4", "--set", "resolution=64", "--set", "width_mult=0.35",
+                 "--set", "channels_last=false", "--set", "val_fraction=4"]) == 0
+    harness = load_harness()
+    monkeypatch.setattr(harness, "RESULTS", tmp_path / "results")
+    monkeypatch.setitem(harness.EXPERIMENTS, "segmentation",
+                        (["--task", "segmentation", "--data", data, "--recipe", "segmentation"], "a tiny run"))
+    assert harness.main(["segmentation", "--collect", str(run), "--threads", "1"]) == 0
+    summary = json.loads((tmp_path / "results" / "segmentation.json").read_text())
+    report = json.loads((run / "report.json").read_text())
+    plain, flip = summary["test"]["plain"], summary["test"]["flip"]
+    # `eval` scores in batches of 16, the trainer in 4: a pixel or two may fall the other way.
+    assert plain["mIoU"] == pytest.approx(report["test_mIoU"], abs=2e-3)
+    assert (plain["images"], plain["split"]) == (6, "val") and 0 <= flip["mIoU"] <= 1
+    assert (summary["report"]["val_images"], summary["report"]["test_split"]) == (4, "val")
+    assert summary["report"]["selection"] == "best val mIoU (4 training images held out)"
+    assert "val_top1" not in summary["report"] and len(summary["epochs"]) == 1

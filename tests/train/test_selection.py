@@ -126,7 +126,11 @@ def test_runs_from_before_held_out_val_resume_on_all_training_images(tmp_path, s
     assert resumed_config(old)["val_fraction"] == 0
     assert resumed_config({**old, "limit_test": 0})["val_fraction"] == 0.1
     assert resumed_config({**old, "data": str(tmp_path)})["val_fraction"] == 0.1    # a flat folder
-    assert resumed_config({**old, "task": "detection"})["val_fraction"] is None
+    # Detection and segmentation chose on the annotations' val split until `validate` set their
+    # val_fraction: such runs go on as val_fraction=0; newer ones keep theirs.
+    assert resumed_config({**old, "task": "detection"})["val_fraction"] == 0
+    assert resumed_config({**old, "task": "segmentation", "limit_test": 0, "val_fraction": None})["val_fraction"] == 0
+    assert resumed_config({**old, "task": "segmentation", "limit_test": 0})["val_fraction"] == 0.1
     # A finished run of that time, resumed: its final model becomes best.safetensors.
     state = torch.load(out / "last.pt", weights_only=True)
     state["config"] = {**{k: v for k, v in state["config"].items() if k != "limit_test"}, "val_fraction": 0.1}
@@ -149,8 +153,7 @@ def test_resume_keeps_the_split(tmp_path, seen):
 @pytest.mark.parametrize("recipe, over, match", [
     ("fashion-mnist", {"val_fraction": 1.5}, r"val_fraction=1.5 is invalid; allowed: a fraction 0 <= f < 1"),
     ("fashion-mnist", {"limit_test": -1}, r"limit_test=-1 is invalid; allowed: integer >= 0"),
-    ("detection", {"limit_test": 5}, r"limit_test=5 applies to classification only"),
-    ("detection", {"val_fraction": 0}, r"val_fraction=0 applies to classification only"),
+    ("detection", {"val_fraction": -2}, r"val_fraction=-2 is invalid; allowed: a fraction 0 <= f < 1"),
 ])
 def test_invalid_split_settings(tmp_path, recipe, over, match):
     cfg = {**DEFAULTS, **load_recipe(recipe), "recipe": recipe, **over}
