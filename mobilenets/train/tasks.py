@@ -57,6 +57,17 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
+def kept_weights(task, out, model: nn.Module, ctx, report: dict) -> Path:
+    """best.safetensors, once every rank can read it; without a val split the final model
+    (`model`) is written there first, as nothing chose an epoch."""
+    best_path = Path(out) / "best.safetensors"
+    if task.val is None and ctx.main:
+        task.save_best(best_path, model, None, report["epochs"],
+                       f"mobilenets train, recipe {report['recipe']}, data {report['data']}")
+    distributed.barrier(ctx)   # rank 0 has written the file every rank reads
+    return best_path
+
+
 def json_safe(values: dict) -> dict:
     """NaN (a class absent from the split) as null, which strict JSON readers accept."""
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in values.items()}
@@ -161,12 +172,7 @@ class ClassificationTask:
         """Which split each score comes from. Without a val split the final model (`model`)
         becomes best.safetensors here. The test split is scored on best.safetensors as saved:
         exactly the model the run hands on, in float32 as `mobilenets eval` scores it."""
-        best_path = Path(out) / "best.safetensors"
-        if self.val is None and ctx.main:
-            self.save_best(best_path, model, None, report["epochs"],
-                           f"mobilenets train, recipe {report['recipe']}, data {report['data']}")
-        distributed.barrier(ctx)   # rank 0 has written the file every rank reads
-        kept, meta = load_model(best_path)
+        kept, meta = load_model(kept_weights(self, out, model, ctx, report))
         entries = {"selection": "best val_top1" if self.val is not None else "final epoch (no validation split)",
                    "val_images": len(self.val) if self.val is not None else 0,
                    "val_top1": meta.get("top1"), "val_top5": meta.get("top5"),
@@ -273,12 +279,7 @@ class _DenseTask:
     def finish(self, out, model: nn.Module, batch_size: int, ctx, memory_format, report: dict) -> dict:
         """As classification's: which split each score comes from, and the test split scored on
         best.safetensors as saved (the final model's, without a val split)."""
-        best_path = Path(out) / "best.safetensors"
-        if self.val is None and ctx.main:
-            self.save_best(best_path, model, None, report["epochs"],
-                           f"mobilenets train, recipe {report['recipe']}, data {report['data']}")
-        distributed.barrier(ctx)   # rank 0 has written the file every rank reads
-        kept, meta = load_task_model(best_path)
+        kept, meta = load_task_model(kept_weights(self, out, model, ctx, report))
         test = self._score(kept.to(ctx.device), self.test, batch_size)
         entries = {"selection": (f"best val {self.metric} ({len(self.val)} training images held out)"
                                  if self.val is not None else "final epoch (no validation split)"),
