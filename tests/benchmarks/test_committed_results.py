@@ -1,0 +1,53 @@
+"""The committed weights re-make the committed headline numbers: `mobilenets eval` on
+benchmarks/results/accuracy/NAME.safetensors, on the same test images, gives the test scores that
+the training run recorded in NAME.json (which `benchmarks/accuracy.py` wrote from its own
+`mobilenets eval` when the run ended). A changed metric, preprocessing, data reader or scene
+generator shows up here as a different score.
+"""
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from mobilenets.cli import main
+from mobilenets.datasets.scenes import write_scenes
+
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "accuracy"
+pytestmark = [pytest.mark.needs_fmnist, pytest.mark.slow]
+
+
+def committed(name: str) -> tuple[Path, dict]:
+    weights, summary = RESULTS / f"{name}.safetensors", json.loads((RESULTS / f"{name}.json").read_text())
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == summary["weights_sha256"]
+    return weights, summary
+
+
+def test_fashion_mnist_best_weights_score_their_test_top1(tmp_path):
+    weights, summary = committed("fashion-mnist-best")
+    assert main(["eval", str(weights), "--data", "fashion-mnist", "--out", str(tmp_path)]) == 0
+    got = json.loads((tmp_path / "eval.json").read_text())
+    want = summary["test"]["plain"]
+    assert got["split"] == "test" and got["images"] == want["images"] == 10_000
+    # Another CPU's kernels may move a logit by a rounding error; that flips at most a few images.
+    assert got["top1"] == pytest.approx(want["top1"], abs=3e-4)
+    assert got["top1"] >= 0.94
+
+
+def test_detection_weights_score_their_ap50_on_the_validation_scenes(tmp_path):
+    weights, summary = committed("detection")
+    # The validation scenes come from their own seeded stream (seed + 1), whatever the number of
+    # training scenes, so the 500 scored in the run are written here without the 4000 others.
+    train_cmd = summary["train_command"]
+    assert "runs/scenes/coco" in train_cmd and summary["report"]["test_images"] == 500
+    write_scenes(tmp_path / "scenes", train=0, val=500, seed=0, progress=False)
+    out = tmp_path / "eval"
+    assert main(["eval", str(weights), "--data", str(tmp_path / "scenes" / "coco"), "--split", "val",
+                 "--out", str(out)]) == 0
+    got = json.loads((out / "metrics.json").read_text())
+    want = summary["test"]["plain"]
+    assert got["images"] == want["images"] == 500
+    # One box more or less above a threshold moves AP50 by about 1e-3 over 500 scenes.
+    assert got["AP50"] == pytest.approx(want["AP50"], abs=3e-3)
+    assert got["mAP"] == pytest.approx(want["mAP"], abs=3e-3)
+    assert got["AP50"] >= 0.70
