@@ -10,9 +10,9 @@ machine it ran on.
 The model is chosen on the held-out val split of the training images (the recipe's
 `val_fraction`); the test images (for detection and segmentation: the scene set's val split) are
 never seen before the end. The scene set is written to runs/scenes first when it is missing. An
-interrupted training resumes when the same command is run again. The summary goes to benchmarks/results/accuracy/NAME.json
-(with `--keep-weights`, the weights to NAME.safetensors, so `mobilenets eval` re-scores them in
-seconds). With `--collect`, the machine is described when the summary is written, not while the
+interrupted training resumes when the same command is run again. The summary goes to
+benchmarks/results/accuracy/NAME.json (with `--keep-weights`, the weights to NAME.safetensors,
+so `mobilenets eval` re-scores them in seconds). With `--collect`, the machine is described when the summary is written, not while the
 run trained; the summary says so.
 """
 from __future__ import annotations

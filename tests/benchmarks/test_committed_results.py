@@ -12,8 +12,10 @@ import pytest
 
 from mobilenets.cli import main
 from mobilenets.datasets.scenes import write_scenes
+from test_accuracy import load_harness
 
-RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "accuracy"
+HARNESS = load_harness()
+RESULTS = HARNESS.RESULTS
 pytestmark = [pytest.mark.needs_fmnist, pytest.mark.slow]
 
 
@@ -40,7 +42,9 @@ def test_detection_weights_score_their_ap50_on_the_validation_scenes(tmp_path):
     # training scenes, so the 500 scored in the run are written here without the 4000 others.
     train_cmd = summary["train_command"]
     assert "runs/scenes/coco" in train_cmd and summary["report"]["test_images"] == 500
-    write_scenes(tmp_path / "scenes", train=0, val=500, seed=0, progress=False)
+    scene_args = dict(zip(HARNESS.SCENE_ARGS[::2], map(int, HARNESS.SCENE_ARGS[1::2])))
+    write_scenes(tmp_path / "scenes", train=0, val=scene_args["--val"], seed=scene_args["--seed"],
+                 progress=False)
     out = tmp_path / "eval"
     assert main(["eval", str(weights), "--data", str(tmp_path / "scenes" / "coco"), "--split", "val",
                  "--out", str(out)]) == 0
