@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
-exec .venv/bin/python -m pytest -q -n 2 -W ignore::DeprecationWarning tests "$@"
+exec .venv/bin/python -m pytest -q -n 2 --durations=15 -W ignore::DeprecationWarning tests "$@"

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -14,6 +16,15 @@ def fashion_mnist_present() -> bool:
     places = fashion_mnist_places()
     return all(any((d / stem).is_file() or (d / f"{stem}.gz").is_file() for d in places)
                for stem in FMNIST_FILES)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker shares the cores with the others: one intra-op thread per
+    worker (and per process it starts), since OpenMP's spinning threads from two workers on two
+    cores stall each other (see `one_thread`). OMP_NUM_THREADS set by the caller wins."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def pytest_collection_modifyitems(config, items):

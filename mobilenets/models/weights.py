@@ -363,13 +363,31 @@ def state_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor])
                                           ("wrong shape", shaped)) if items)
 
 
+def adapt_input_channels(weight: torch.Tensor, in_chans: int) -> torch.Tensor | None:
+    """A first convolution's weight for `in_chans` input channels, from one made for grayscale
+    or for colour: a grayscale kernel is repeated over the channels and divided by their number,
+    so an image whose channels are all equal gives the response it gave before; a colour kernel
+    is summed over its channels, the same response to a grayscale image fed as one channel.
+    None where neither side has one channel."""
+    have = weight.shape[1]
+    if have == in_chans:
+        return weight
+    if have == 1:
+        return weight.repeat(1, in_chans, 1, 1) / in_chans
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)
+    return None
+
+
 def load_backbone(model: torch.nn.Module, path: str | os.PathLike) -> dict:
     """Start a detector, segmenter or classifier from another model's backbone: the tensors of
     `stem`, `blocks` and `last_conv` (a task model's under `backbone.`, see `upgrade_state`)
     whose names and shapes both models share (a classifier's
-    weights into a task model, as torchvision's `weights_backbone`). Returns {"loaded",
-    "backbone_tensors", "skipped"}: what was copied, how many backbone tensors `model` has, and
-    the names whose shapes differ (e.g. a stem for another number of input channels)."""
+    weights into a task model, as torchvision's `weights_backbone`). A stem convolution made
+    for one input channel starts a colour model and the other way round
+    (`adapt_input_channels`). Returns {"loaded", "backbone_tensors", "adapted", "skipped"}:
+    what was copied, how many backbone tensors `model` has, the names whose input channels were
+    adapted, and the names whose shapes differ otherwise."""
     state, _ = load_weights(path)
     state = upgrade_state(state, model)
     own = model.state_dict()
@@ -382,8 +400,16 @@ def load_backbone(model: torch.nn.Module, path: str | os.PathLike) -> dict:
         raise MobileNetsError(f"{path}: shares no backbone tensor ({', '.join(BACKBONE_MODULES)}) "
                               f"with {getattr(model, 'model_name', 'the model')}; is it a MobileNet "
                               "of the same family and width?")
+    adapted = []
+    first = next((k for k in ours if k.endswith(".weight") and own[k].ndim == 4), None)
+    if first in state and first not in fits and state[first].ndim == 4:
+        theirs, mine = state[first], own[first]
+        weight = adapt_input_channels(theirs, mine.shape[1])
+        if theirs.shape[0] == mine.shape[0] and theirs.shape[2:] == mine.shape[2:] and weight is not None:
+            fits[first] = weight
+            adapted.append(first)
     model.load_state_dict(fits, strict=False)
-    return {"loaded": len(fits), "backbone_tensors": len(ours),
+    return {"loaded": len(fits), "backbone_tensors": len(ours), "adapted": adapted,
             "skipped": [k for k in shared if k not in fits]}
 
 

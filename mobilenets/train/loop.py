@@ -154,7 +154,8 @@ class Run:
         if cfg["backbone"] and fresh:
             got = load_backbone(model, cfg["backbone"])
             if self.ctx.main:
-                shapes = f"; other shapes: {', '.join(got['skipped'][:3])}" if got["skipped"] else ""
+                shapes = (f"; input channels adapted: {', '.join(got['adapted'])}" if got["adapted"] else "") + (
+                    f"; other shapes: {', '.join(got['skipped'][:3])}" if got["skipped"] else "")
                 print(f"backbone: {got['loaded']} of the model's {got['backbone_tensors']} backbone tensors "
                       f"from {cfg['backbone']}{shapes}", file=sys.stderr)
         widths = {b.out_ch for b in getattr(getattr(model, "arch", None), "blocks", ())}

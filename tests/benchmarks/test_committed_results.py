@@ -36,22 +36,39 @@ def test_fashion_mnist_best_weights_score_their_test_top1(tmp_path):
     assert got["top1"] >= 0.94
 
 
-def test_detection_weights_score_their_ap50_on_the_validation_scenes(tmp_path):
-    weights, summary = committed("detection")
-    # The validation scenes come from their own seeded stream (seed + 1), whatever the number of
-    # training scenes, so the 500 scored in the run are written here without the 4000 others.
-    train_cmd = summary["train_command"]
-    assert "runs/scenes/coco" in train_cmd and summary["report"]["test_images"] == 500
+@pytest.fixture(scope="module")
+def val_scenes(tmp_path_factory) -> Path:
+    """The 500 validation scenes that the detection and segmentation runs scored. They come from
+    their own seeded stream (seed + 1), whatever the number of training scenes, so they are
+    written here without the 4000 others."""
     scene_args = dict(zip(HARNESS.SCENE_ARGS[::2], map(int, HARNESS.SCENE_ARGS[1::2])))
-    write_scenes(tmp_path / "scenes", train=0, val=scene_args["--val"], seed=scene_args["--seed"],
-                 progress=False)
-    out = tmp_path / "eval"
-    assert main(["eval", str(weights), "--data", str(tmp_path / "scenes" / "coco"), "--split", "val",
-                 "--out", str(out)]) == 0
+    root = tmp_path_factory.mktemp("scenes")
+    write_scenes(root, train=0, val=scene_args["--val"], seed=scene_args["--seed"], progress=False)
+    return root
+
+
+def evaluate_on_scenes(weights: Path, summary: dict, data: Path, out: Path) -> dict:
+    assert f"runs/scenes/{data.name}" in summary["train_command"] and summary["report"]["test_images"] == 500
+    assert main(["eval", str(weights), "--data", str(data), "--split", "val", "--out", str(out)]) == 0
     got = json.loads((out / "metrics.json").read_text())
+    assert got["images"] == summary["test"]["plain"]["images"] == 500
+    return got
+
+
+def test_detection_weights_score_their_ap50_on_the_validation_scenes(tmp_path, val_scenes):
+    weights, summary = committed("detection")
+    got = evaluate_on_scenes(weights, summary, val_scenes / "coco", tmp_path)
     want = summary["test"]["plain"]
-    assert got["images"] == want["images"] == 500
     # One box more or less above a threshold moves AP50 by about 1e-3 over 500 scenes.
     assert got["AP50"] == pytest.approx(want["AP50"], abs=3e-3)
     assert got["mAP"] == pytest.approx(want["mAP"], abs=3e-3)
     assert got["AP50"] >= 0.70
+
+
+def test_segmentation_weights_score_their_miou_on_the_validation_scenes(tmp_path, val_scenes):
+    weights, summary = committed("segmentation-fmnist-backbone")
+    got = evaluate_on_scenes(weights, summary, val_scenes / "voc", tmp_path)
+    want = summary["test"]["plain"]
+    # A logit moved by another CPU's rounding flips a few boundary pixels of 500 × 192².
+    assert got["mIoU"] == pytest.approx(want["mIoU"], abs=2e-3)
+    assert got["pixel_accuracy"] == pytest.approx(want["pixel_accuracy"], abs=1e-3)

@@ -346,15 +346,31 @@ def test_backbone_of_a_classifier_starts_a_segmenter(tmp_path):
     theirs, ours = classifier.state_dict(), seg.state_dict()
     # the segmenter's backbone is its `backbone` child: the classifier's stem and blocks
     backbone = [k for k in ours if k.startswith("backbone.") and "num_batches" not in k]
-    assert got == {"loaded": len(backbone), "backbone_tensors": len(backbone), "skipped": []}
+    assert got == {"loaded": len(backbone), "backbone_tensors": len(backbone), "adapted": [], "skipped": []}
     assert len(backbone) > 200
     assert all(torch.equal(ours[k], theirs[k.removeprefix("backbone.")]) for k in backbone)
     assert all(torch.equal(ours[k], v) for k, v in head_before.items())     # the head stays
-    # a grayscale classifier: all but the stem's convolution
+    # a grayscale classifier: the stem's convolution is adapted to colour input, so a colour
+    # image whose channels are equal meets the grayscale classifier's first features
+    gray_model = create_model("mobilenet_v2", num_classes=10, width_mult=0.35, in_chans=1).eval()
     gray = tmp_path / "gray.safetensors"
-    save_weights(gray, create_model("mobilenet_v2", num_classes=10, width_mult=0.35, in_chans=1))
+    save_weights(gray, gray_model)
     got = load_backbone(seg, gray)
-    assert got["skipped"] == ["backbone.stem.conv.weight"] and got["loaded"] == len(backbone) - 1
+    assert got["adapted"] == ["backbone.stem.conv.weight"] and got["skipped"] == []
+    assert got["loaded"] == len(backbone)
+    image = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        want = gray_model.stem.conv(image)
+        have = seg.backbone.stem.conv(image.expand(-1, 3, -1, -1))
+    torch.testing.assert_close(have, want, rtol=1e-5, atol=1e-5)
+    # and a colour classifier's stem starts a grayscale model: the sum over its channels
+    colour = classifier.stem.conv.weight.detach()
+    gray_seg = create_model("deeplabv3_mobilenet_v2", num_classes=11, width_mult=0.35, in_chans=1)
+    assert load_backbone(gray_seg, path)["adapted"] == ["backbone.stem.conv.weight"]
+    with torch.no_grad():
+        torch.testing.assert_close(gray_seg.backbone.stem.conv(image),
+                                   torch.nn.functional.conv2d(image.expand(-1, 3, -1, -1), colour,
+                                                              stride=2, padding=1))
     other = tmp_path / "wide.safetensors"
     save_weights(other, create_model("mobilenet_v2", num_classes=10, width_mult=1.0))
     with pytest.raises(MobileNetsError, match="wide.safetensors: shares no backbone tensor"):
