@@ -12,8 +12,8 @@ The model is chosen on the held-out val split of the training images (the recipe
 never seen before the end. The scene set is written to runs/scenes first when it is missing. An
 interrupted training resumes when the same command is run again. The summary goes to
 benchmarks/results/accuracy/NAME.json (with `--keep-weights`, the weights to NAME.safetensors,
-so `mobilenets eval` re-scores them in seconds). With `--collect`, the machine is described when the summary is written, not while the
-run trained; the summary says so.
+so `mobilenets eval` re-scores them in seconds). With `--collect`, the machine is described when
+the summary is written, not while the run trained; the summary says so.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ FMNIST = ["--data", "fashion-mnist", "--recipe", "fashion-mnist"]
 # The scene set the detection and segmentation recipes are sized for (`mobilenets data scenes`).
 SCENES = Path("runs") / "scenes"
 SCENE_ARGS = ["--train", "4000", "--val", "500", "--seed", "0"]
+SEGMENTATION = ["--task", "segmentation", "--data", str(SCENES / "voc"), "--recipe", "segmentation"]
 EXPERIMENTS = {
     "fashion-mnist": (FMNIST, "the shipped Fashion-MNIST recipe: MobileNetV2 0.35, small input, 9 epochs"),
     "fashion-mnist-20ep": (
@@ -54,14 +55,12 @@ EXPERIMENTS = {
     "detection": (
         ["--task", "detection", "--data", str(SCENES / "coco"), "--recipe", "detection"],
         "SSDLite on MobileNetV2 0.5, the detection recipe on the scene set (4000 training scenes)"),
-    "segmentation": (
-        ["--task", "segmentation", "--data", str(SCENES / "voc"), "--recipe", "segmentation"],
-        "Mobile DeepLabv3 on MobileNetV2 0.5, the segmentation recipe on the scene set"),
+    "segmentation": (SEGMENTATION, "Mobile DeepLabv3 on MobileNetV2 0.5, the segmentation recipe on the scene set"),
     # The scene set's objects are Fashion-MNIST items (training split for the training scenes),
     # so the committed two-hour classifier is a backbone that has seen none of the val scenes.
     "segmentation-fmnist-backbone": (
-        ["--task", "segmentation", "--data", str(SCENES / "voc"), "--recipe", "segmentation",
-         "--backbone", "benchmarks/results/accuracy/fashion-mnist-best.safetensors", "--set", "epochs=30"],
+        SEGMENTATION + ["--backbone", "benchmarks/results/accuracy/fashion-mnist-best.safetensors",
+                        "--set", "epochs=30"],
         "Mobile DeepLabv3 on MobileNetV2 0.5 started from the fashion-mnist-best classifier's "
         "backbone, the segmentation recipe cut to 30 epochs"),
 }
