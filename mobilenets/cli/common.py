@@ -32,6 +32,17 @@ def one_line_warnings() -> None:
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
 
 
+def scale_list(text: str) -> tuple[float, ...]:
+    """A --scales value: comma-separated resize factors in (0, 4] (4× already takes 16× the memory)."""
+    try:
+        scales = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if not all(0 < s <= 4 for s in scales):
+        raise argparse.ArgumentTypeError(f"{text!r}: each scale must be in (0, 4]")
+    return scales
+
+
 def count_or_fraction(text: str) -> int | float:
     """A --val-fraction value: an integer is a number of images, anything else a fraction."""
     try:

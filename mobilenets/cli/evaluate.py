@@ -14,7 +14,7 @@ from ..models.weights import task_of
 from ..train.evaluate import evaluate, plot_confusion
 from ..train.tasks import record_keys
 from ..train.task_eval import evaluate_checkpoint
-from .common import count_or_fraction
+from .common import count_or_fraction, scale_list
 
 
 def add_commands(sub) -> None:
@@ -36,6 +36,9 @@ def add_commands(sub) -> None:
     p.add_argument("--flip", action="store_true",
                    help="classifiers and segmenters: average the probabilities of each image and "
                         "its mirror image")
+    p.add_argument("--scales", type=scale_list, default=(1.0,), metavar="S1,S2,…",
+                   help="segmenters: average the probabilities over the inputs resized by these "
+                        "factors (multi-scale inference; with --flip, the V2 paper's MF), e.g. 1,1.5")
     p.add_argument("--split", default=None,
                    help="the split scored: a classifier's test or val (default: test where the data "
                         "has one, else val); a detector's / segmenter's annotation split (default val)")
@@ -48,6 +51,8 @@ def add_commands(sub) -> None:
 def _cmd_eval(args) -> int:
     if task_of(args.checkpoint):
         return _eval_task(args)
+    if args.scales != (1.0,):
+        raise MobileNetsError(f"{args.checkpoint}: --scales applies to segmenters, not to a classifier")
     args.batch_size = 256 if args.batch_size is None else args.batch_size
     if args.batch_size < 1:
         raise MobileNetsError(f"--batch-size {args.batch_size}: allowed: integer >= 1")
@@ -91,10 +96,12 @@ def _eval_task(args) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
     args.split = args.split or "val"
     m = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size or 16, str(out),
-                            workers=args.workers, flip=args.flip)
+                            workers=args.workers, flip=args.flip, scales=args.scales)
     task = task_of(args.checkpoint)
     scores = "  ".join(f"{k} {m[k]:.4f}" for k in record_keys(task))
     how = " with flipped copies" if args.flip else ""
+    if args.scales != (1.0,):
+        how += f" at scales {', '.join(f'{s:g}' for s in args.scales)}"
     print(f"{args.checkpoint} on {args.data} {args.split} ({m['images']} images{how}): {scores}")
     per_class = m["per_class_AP" if task == "detection" else "per_class_IoU"]
     print(f"  per-class {'AP' if task == 'detection' else 'IoU'}:")

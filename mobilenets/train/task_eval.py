@@ -22,16 +22,21 @@ from .tasks import build_task, json_safe
 
 def evaluate_checkpoint(path, data: str, split: str = "val", batch_size: int = 16,
                         out: str | None = None, draw: int = 8, workers: int = 0,
-                        flip: bool = False) -> dict:
+                        flip: bool = False, scales: tuple[float, ...] = (1.0,)) -> dict:
     """Metrics of the weights file on `split` of `data` (COCO folder for detection, VOC folder
     for segmentation), with "images" (how many were scored); with `out`, writes metrics.json
-    and the first `draw` predictions as PNG. `flip`: a segmenter's probabilities are averaged
-    with those of the mirror image."""
+    and the first `draw` predictions as PNG. A segmenter's probabilities can be averaged over
+    its mirror images (`flip`) and over inputs resized by `scales` (the V2 paper's multi-scale
+    inference)."""
     model, meta = load_task_model(path)
     pre = meta["preprocessing"]
-    if flip and meta["task"] != "segmentation":
-        raise MobileNetsError(f"{path}: --flip applies to classifiers and segmenters, not {meta['task']}")
+    scales = tuple(scales)
+    if (flip or scales != (1.0,)) and meta["task"] != "segmentation":
+        what = "--flip applies to classifiers and segmenters" if flip else "--scales applies to segmenters"
+        raise MobileNetsError(f"{path}: {what}, not {meta['task']}")
     options = {"flip": True} if flip else {}
+    if scales != (1.0,):
+        options["scales"] = scales
     task = build_task(meta["task"], data, pre["resolution"], pre["mean"], pre["std"],
                       train_split=None, val_split=split, **options)
     if len(task.classes) != len(meta["classes"]):
@@ -43,7 +48,7 @@ def evaluate_checkpoint(path, data: str, split: str = "val", batch_size: int = 1
     if out:
         out = Path(out)
         saved = {"checkpoint": str(path), "model": meta.get("model"), "task": meta["task"], "data": str(data),
-                 "split": split, "flip": flip, **{k: json_safe(v) if isinstance(v, dict) else v for k, v in metrics.items()}}
+                 "split": split, "flip": flip, "scales": list(scales), **{k: json_safe(v) if isinstance(v, dict) else v for k, v in metrics.items()}}
         atomic_write_text(out / "metrics.json", json.dumps(saved, indent=2) + "\n")
         if len(dataset) and draw:
             images, _ = next(iter(DataLoader(dataset, batch_size=draw, collate_fn=task.collate)))

@@ -12,11 +12,16 @@ from mobilenets.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def load_harness():
-    spec = importlib.util.spec_from_file_location("accuracy_harness", ROOT / "benchmarks" / "accuracy.py")
+def load_benchmark(name: str):
+    """A script of benchmarks/ as a module (they are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_harness():
+    return load_benchmark("accuracy")
 
 
 @pytest.mark.slow
@@ -61,6 +66,14 @@ def test_collect_summarises_a_segmentation_run(tmp_path, monkeypatch, scenes):
     # `eval` scores in batches of 16, the trainer in 4: a pixel or two may fall the other way.
     assert plain["mIoU"] == pytest.approx(report["test_mIoU"], abs=2e-3)
     assert (plain["images"], plain["split"]) == (6, "val") and 0 <= flip["mIoU"] <= 1
+    # Multi-scale inference: every candidate scored on the 4 held-out scenes, the best one on the test scenes.
+    multi = summary["test"]["multi_scale_flip"]
+    held_out = multi["held_out_mIoU"]
+    assert list(held_out) == [",".join(f"{s:g}" for s in c) for c in harness.SCALE_CANDIDATES]
+    assert multi["scales"] == [float(s) for s in max(held_out, key=held_out.get).split(",")]
+    assert multi["images"] == 6 and 0 <= multi["mIoU"] <= 1
+    if multi["scales"] == [1.0]:
+        assert multi["mIoU"] == flip["mIoU"]
     assert (summary["report"]["val_images"], summary["report"]["test_split"]) == (4, "val")
     assert summary["report"]["selection"] == "best val mIoU (4 training images held out)"
     assert "val_top1" not in summary["report"] and len(summary["epochs"]) == 1

@@ -194,6 +194,13 @@ def test_cli_folder_run_and_eval_of_each_split(tmp_path, capsys):
     assert main(["eval", weights, "--data", str(data), "--split", "val", "--val-fraction", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert f"--split val: {data} has the splits train, test" in err and "\n" not in err
+    assert main(["eval", weights, "--data", str(data), "--scales", "1,1.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--scales applies to segmenters, not to a classifier" in err and "\n" not in err
+    for bad in ("1,x", "0,1", "nan"):
+        with pytest.raises(SystemExit) as stop:
+            main(["eval", weights, "--data", str(data), "--scales", bad])
+        assert stop.value.code == 2 and "--scales" in capsys.readouterr().err
     with pytest.raises(SystemExit) as stop:
         main(["train", "--data", str(data), "--val-fraction", "a lot", "--out", str(tmp_path / "e")])
     err = capsys.readouterr().err.strip()
