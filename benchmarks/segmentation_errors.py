@@ -47,8 +47,8 @@ def edge_band(masks: torch.Tensor, radius: int) -> torch.Tensor:
 def error_split(model, loader, num_classes: int, radii: tuple[int, ...]) -> dict:
     """Confusion matrices over all pixels and, per radius, over the band and the interior."""
     model.eval()
-    empty = lambda: torch.zeros(num_classes, num_classes, dtype=torch.int64)  # noqa: E731
-    out = {"all": empty(), **{f"band{r}": empty() for r in radii}, **{f"interior{r}": empty() for r in radii}}
+    parts = ["all", *(f"band{r}" for r in radii), *(f"interior{r}" for r in radii)]
+    out = {part: torch.zeros(num_classes, num_classes, dtype=torch.int64) for part in parts}
     for images, masks in loader:
         pred = model(images).argmax(1)
         out["all"] += confusion_matrix(pred, masks, num_classes)

@@ -34,9 +34,7 @@ def evaluate_checkpoint(path, data: str, split: str = "val", batch_size: int = 1
     if (flip or scales != (1.0,)) and meta["task"] != "segmentation":
         what = "--flip applies to classifiers and segmenters" if flip else "--scales applies to segmenters"
         raise MobileNetsError(f"{path}: {what}, not {meta['task']}")
-    options = {"flip": True} if flip else {}
-    if scales != (1.0,):
-        options["scales"] = scales
+    options = {"flip": flip, "scales": scales} if meta["task"] == "segmentation" else {}
     task = build_task(meta["task"], data, pre["resolution"], pre["mean"], pre["std"],
                       train_split=None, val_split=split, **options)
     if len(task.classes) != len(meta["classes"]):
