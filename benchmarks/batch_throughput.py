@@ -57,9 +57,10 @@ def op_kind(name: str) -> str:
 
 def recipe_model(recipe: dict, num_classes: int) -> tuple[nn.Module, dict]:
     cfg = {**DEFAULTS, **recipe}
-    kwargs = {"num_classes": num_classes, "in_chans": cfg["in_chans"] or 3}
-    if cfg["width_mult"] is not None:
-        kwargs["width_mult"] = cfg["width_mult"]
+    kwargs = {"num_classes": num_classes, "in_chans": cfg["in_chans"] or 3, **cfg["model_options"]}
+    for key in ("width_mult", "dropout"):
+        if cfg[key] is not None:
+            kwargs[key] = cfg[key]
     if cfg["small_input"]:
         kwargs["small_input"] = True
     return create_model(cfg["model"], **kwargs), cfg
@@ -74,8 +75,8 @@ def setup(recipe: dict, batch: int, channels_last: bool, compile_model: bool = F
     res = cfg["resolution"] or 224
     x = torch.randn(batch, cfg["in_chans"] or 3, res, res)
     y = torch.randint(0, num_classes, (batch,))
-    runs = torch.compile(model) if compile_model else model
-    return model, runs, build_optimizer(model, cfg), x.contiguous(memory_format=fmt), y
+    step_model = torch.compile(model) if compile_model else model
+    return model, step_model, build_optimizer(model, cfg), x.contiguous(memory_format=fmt), y
 
 
 def time_images(step, batch: int, images: int) -> float:
@@ -117,6 +118,8 @@ def main(argv=None) -> int:
     if not batches or min(batches) < 1 or args.rounds < 1 or args.images < 1:
         p.error("--batches, --rounds and --images must be positive")
     recipe = load_recipe(args.recipe)
+    if recipe.get("task") not in (None, "classification"):
+        p.error(f"--recipe {args.recipe} is a {recipe['task']} recipe; this benchmark times classifiers")
     tune_allocator()
     machine = describe_machine()
     runs = {b: setup(recipe, b, not args.nchw, args.compile) for b in batches}

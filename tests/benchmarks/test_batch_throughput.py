@@ -3,6 +3,8 @@ a step's time into kinds that cover it, and reports its speed against the SGEMM 
 import json
 from pathlib import Path
 
+import pytest
+
 from test_accuracy import load_benchmark
 
 SCRIPT = load_benchmark("batch_throughput")
@@ -39,3 +41,9 @@ def test_a_tiny_sweep_writes_rates_shares_and_a_split(tmp_path):
         for kind in ("conv and linear forward", "conv and linear backward", "batch norm forward",
                      "batch norm backward", "activation forward", "activation backward"):
             assert split[kind] > 0, kind
+
+
+def test_a_detection_recipe_is_refused(capsys):
+    with pytest.raises(SystemExit) as stop:
+        SCRIPT.main(["--recipe", "detection"])
+    assert stop.value.code == 2 and "detection recipe" in capsys.readouterr().err
