@@ -21,7 +21,9 @@ pytestmark = [pytest.mark.needs_fmnist, pytest.mark.slow]
 
 def committed(name: str) -> tuple[Path, dict]:
     weights, summary = RESULTS / f"{name}.safetensors", json.loads((RESULTS / f"{name}.json").read_text())
-    assert hashlib.sha256(weights.read_bytes()).hexdigest() == summary["weights_sha256"]
+    # `--keep-weights` stores a float16 copy and records its hash beside the run's own.
+    stored = summary.get("stored_weights_sha256", summary["weights_sha256"])
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == stored
     return weights, summary
 
 
