@@ -33,6 +33,7 @@ from mobilenets.models.profile import profile  # noqa: E402
 from mobilenets.train import train_step  # noqa: E402
 from mobilenets.train.optim import build_optimizer  # noqa: E402
 from mobilenets.train.recipes import DEFAULTS, load_recipe  # noqa: E402
+from mobilenets.train.tasks import classifier_kwargs  # noqa: E402
 
 # Op names by what they do in a MobileNet step; anything else is "other" (loss, optimizer,
 # allocation). Self time only, so a wrapper op is not counted twice.
@@ -57,12 +58,8 @@ def op_kind(name: str) -> str:
 
 def recipe_model(recipe: dict, num_classes: int) -> tuple[nn.Module, dict]:
     cfg = {**DEFAULTS, **recipe}
-    kwargs = {"num_classes": num_classes, "in_chans": cfg["in_chans"] or 3, **cfg["model_options"]}
-    for key in ("width_mult", "dropout"):
-        if cfg[key] is not None:
-            kwargs[key] = cfg[key]
-    if cfg["small_input"]:
-        kwargs["small_input"] = True
+    # As the trainer builds it: model_options first, the task's kwargs over them.
+    kwargs = {**cfg["model_options"], **classifier_kwargs(cfg, num_classes, cfg["in_chans"] or 3)}
     return create_model(cfg["model"], **kwargs), cfg
 
 

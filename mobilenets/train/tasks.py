@@ -73,6 +73,17 @@ def json_safe(values: dict) -> dict:
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in values.items()}
 
 
+def classifier_kwargs(cfg: dict, num_classes: int, in_chans: int) -> dict:
+    """The model kwargs a classification recipe `cfg` asks for, beside its model_options."""
+    kwargs = {"num_classes": num_classes, "in_chans": in_chans}
+    for key in ("width_mult", "dropout"):
+        if cfg[key] is not None:
+            kwargs[key] = cfg[key]
+    if cfg["small_input"]:
+        kwargs["small_input"] = True
+    return kwargs
+
+
 class ClassificationTask:
     """Image classification on Fashion-MNIST or an image folder (`data.open_dataset`): every
     epoch is scored on the val split, which picks best.safetensors; the test split is scored once,
@@ -105,14 +116,7 @@ class ClassificationTask:
         return ("train_top1", "val_top1") if self.val is not None else ("train_top1",)
 
     def model_kwargs(self, cfg: dict) -> dict:
-        kwargs = {"num_classes": len(self.classes), "in_chans": self.ds.in_chans}
-        if cfg["width_mult"] is not None:
-            kwargs["width_mult"] = cfg["width_mult"]
-        if cfg["small_input"]:
-            kwargs["small_input"] = True
-        if cfg["dropout"] is not None:
-            kwargs["dropout"] = cfg["dropout"]
-        return kwargs
+        return classifier_kwargs(cfg, len(self.classes), self.ds.in_chans)
 
     def adapt(self, model: nn.Module) -> None:
         stride = model.arch.total_stride
