@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import warnings
 
 
@@ -19,11 +20,28 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="no stride at the stem and first downsampling block (28–32 px inputs)")
     p.add_argument("--minimalistic", action="store_true", default=None,
                    help="MobileNetV3 without SE, h-swish and 5×5 kernels")
+    p.add_argument("--plan", dest="channel_plan", type=plan_file, default=None,
+                   help="a channel plan: JSON file of per-layer widths (mobilenets.models.plan)")
 
 
 def model_kwargs(args: argparse.Namespace) -> dict:
-    names = ("width_mult", "num_classes", "in_chans", "small_input", "minimalistic")
+    names = ("width_mult", "num_classes", "in_chans", "small_input", "minimalistic", "channel_plan")
     return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+
+
+def plan_file(path: str) -> dict:
+    """A --plan value: a JSON file holding a channel plan, or a result file whose
+    model_kwargs carry one (what `adapt` and `search` write)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise argparse.ArgumentTypeError(f"{path}: not a readable JSON channel plan ({e})") from None
+    if isinstance(data, dict) and isinstance(data.get("channel_plan"), dict):
+        data = data["channel_plan"]
+    if not isinstance(data, dict):
+        raise argparse.ArgumentTypeError(f"{path}: a channel plan is a JSON object, not {type(data).__name__}")
+    return data
 
 
 def one_line_warnings() -> None:

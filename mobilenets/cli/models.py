@@ -6,7 +6,7 @@ import json
 from ..analysis.paper_sections import render_document
 from ..core.io import atomic_write_text
 from ..models.convert import SOURCES, convert_file
-from ..models.mobilenet import check_resolution, create_model, list_models
+from ..models.mobilenet import check_resolution, create_model, list_models, load_model
 from ..models.profile import profile
 from .common import add_model_options, model_kwargs
 
@@ -18,7 +18,7 @@ def add_commands(sub) -> None:
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("profile", help="parameters, multiply-adds and activation memory")
-    p.add_argument("model")
+    p.add_argument("model", help="a registered model name or a .safetensors weights file")
     p.add_argument("--resolution", type=int, default=None,
                    help="input size (default: the model's own, 224 for V1-V3, up to 384 for V4)")
     p.add_argument("--layers", action="store_true", help="one row per conv / linear layer")
@@ -75,7 +75,10 @@ def _cmd_models(args) -> int:
 
 
 def _cmd_profile(args) -> int:
-    model = create_model(args.model, **model_kwargs(args))
+    if args.model.endswith(".safetensors"):
+        model, _ = load_model(args.model, **model_kwargs(args))
+    else:
+        model = create_model(args.model, **model_kwargs(args))
     resolution = args.resolution or getattr(model, "pretrained_cfg", {}).get("resolution", 224)
     check_resolution(model, resolution)
     r = profile(model, resolution)

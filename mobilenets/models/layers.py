@@ -118,7 +118,8 @@ class InvertedResidual(nn.Module):
                  stride: int = 1, dilation: int = 1, se_ch: int = 0, act: str = "relu6",
                  proj_act: str | None = None, shortcut: str = "bottleneck",
                  padding: str = "symmetric", bn_eps: float = 1e-5, bn_momentum: float = 0.1,
-                 start_kernel: int = 0, expand_kernel: int = 1, layer_scale: float = 0.0):
+                 start_kernel: int = 0, expand_kernel: int = 1, layer_scale: float = 0.0,
+                 expand_conv: bool | None = None):
         super().__init__()
         if shortcut not in SHORTCUTS:
             raise ValueError(f"shortcut={shortcut!r} is not one of {SHORTCUTS}")
@@ -135,7 +136,8 @@ class InvertedResidual(nn.Module):
                       if start_kernel else nn.Identity())
         self.expand = (ConvBNAct(in_ch, expand_ch, expand_kernel, stride if fused else 1,
                                  dilation=dilation if fused else 1, act=act, **norm)
-                       if expand_ch != in_ch or fused else nn.Identity())
+                       if ((expand_ch != in_ch or fused) if expand_conv is None else expand_conv)
+                       else nn.Identity())
         self.depthwise = (ConvBNAct(expand_ch, expand_ch, kernel_size, stride, groups=expand_ch,
                                     dilation=dilation, act=act, **norm)
                           if kernel_size else nn.Identity())

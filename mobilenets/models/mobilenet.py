@@ -13,6 +13,7 @@ from torch import nn
 
 from ..core.errors import MobileNetsError
 from .layers import ConvBNAct, InvertedResidual, MultiQueryAttention, make_activation
+from .plan import apply_plan
 from .specs import Arch, AttentionSpec, ConvSpec, build_arch
 from .tables import bn_defaults
 from .weights import (check_metadata, load_state_into, load_weights, read_metadata, state_mismatch,
@@ -35,7 +36,8 @@ def build_block(spec, **norm) -> nn.Module:
     return InvertedResidual(spec.in_ch, spec.out_ch, spec.expand_ch, spec.kernel, spec.stride,
                             spec.dilation, spec.se_ch, spec.act, spec.proj_act, spec.shortcut,
                             **norm, start_kernel=spec.start_kernel,
-                            expand_kernel=spec.expand_kernel, layer_scale=spec.layer_scale)
+                            expand_kernel=spec.expand_kernel, layer_scale=spec.layer_scale,
+                            expand_conv=spec.expand_conv)
 
 
 FEATURE_LOCATIONS = ("bottleneck", "expansion")
@@ -329,7 +331,7 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
               fixed_stem: bool = False, resolution: int = 224, feature_location: str = "bottleneck",
               keep_last_conv: bool = False, head_channels: int | None = None, reduced_tail: bool = False,
               full_conv: bool = False, shallow: bool = False, last_stage: str = "efficient",
-              hswish_from: int | None = None) -> MobileNet:
+              hswish_from: int | None = None, channel_plan: dict | None = None) -> MobileNet:
     """Build a MobileNet of `family` with the given options (see `specs.build_arch`; the
     features_only options in `MobileNet` and `feature_levels`).
 
@@ -337,6 +339,8 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
     bn_eps, bn_momentum: None takes the family's (`tables.BN_DEFAULTS`; eps 1e-3 with "same").
     resolution: the input size the model is meant for, recorded in `pretrained_cfg` (V4's
     reference weights are trained at 224, 256 or 384 px).
+    channel_plan: an explicit width for every layer (`plan.check_plan`), applied after all the
+    other options.
     """
     for key, value, low in (("num_classes", num_classes, 0), ("in_chans", in_chans, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -356,6 +360,8 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
                       shortcut=shortcut, expand_ratio=expand_ratio, act=act,
                       fixed_stem=fixed_stem, head_channels=head_channels, reduced_tail=reduced_tail,
                       full_conv=full_conv, shallow=shallow, last_stage=last_stage, hswish_from=hswish_from)
+    if channel_plan is not None:
+        arch = apply_plan(arch, channel_plan)
     bn = bn_defaults(family)   # both checked > 0 above, so `or` only replaces None
     bn_eps, bn_momentum = bn_eps or (1e-3 if padding == "same" else bn.eps), bn_momentum or bn.momentum
     model = MobileNet(arch, num_classes, in_chans, features_only, out_indices, padding, bn_eps,

@@ -44,6 +44,8 @@ class BlockSpec:
     start_kernel: int = 0       # V4 UIB: depthwise conv before the expansion (0: none)
     expand_kernel: int = 1      # V4 fused IB: k×k expansion conv, no depthwise (kernel 0)
     layer_scale: float = 0.0    # V4 hybrids: initial per-channel scale of the block's output
+    expand_conv: bool | None = None  # None: an expansion conv wherever expand_ch != in_ch (a
+                                     # channel plan fixes it, widths may then coincide)
 
 
 @dataclass(frozen=True)
