@@ -6,10 +6,10 @@ import sys
 
 from ..core.errors import MobileNetsError
 from ..core.runtime import tune_allocator
-from . import analysis, claims, data, deploy, evaluate, models, train
+from . import analysis, claims, data, deploy, evaluate, models, search, train
 from .common import Parser, one_line_warnings
 
-VERB_MODULES = (models, data, train, evaluate, deploy, analysis, claims)
+VERB_MODULES = (models, data, train, evaluate, deploy, search, analysis, claims)
 
 
 def build_parser() -> Parser:

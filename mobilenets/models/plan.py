@@ -142,5 +142,5 @@ def scale_plan(plan: dict, factor: float, divisor: int = 8) -> dict:
     """Every width of `plan` times `factor`, rounded to a multiple of `divisor` (at least one):
     the plan of a uniformly thinner or wider network."""
     def scale(w):
-        return None if w is None or w == 0 else max(divisor, int(round(w * factor / divisor)) * divisor)
+        return w if not w else max(divisor, int(round(w * factor / divisor)) * divisor)
     return {k: [scale(w) for w in v] if isinstance(v, list) else scale(v) for k, v in plan.items()}
