@@ -7,9 +7,9 @@ from tqdm import tqdm
 
 from ..core.errors import MobileNetsError
 from ..deploy.export import resolve_model
-from ..search.adapt import AdaptSettings, adapt
-from ..search.engines import ENGINES
-from ..search.latency import measure_table, save_table
+from ..analysis.search.adapt import AdaptSettings, adapt
+from ..analysis.search.engines import ENGINES
+from ..analysis.search.latency import measure_table, save_table
 from .common import add_model_options, count_or_fraction, model_kwargs
 
 

@@ -24,16 +24,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..core.errors import MobileNetsError
-from ..core.figures import new_figure, save_figure
-from ..core.io import atomic_write_text
-from ..models.cut import cut_to_plan, width_positions
-from ..models.mobilenet import load_model
-from ..models.plan import plan_of, shortcut_groups
-from ..models.specs import AttentionSpec, BlockSpec
-from ..models.profile import profile
-from ..models.weights import save_weights
-from ..train import distributed
+from ...core.errors import MobileNetsError
+from ...core.figures import new_figure, save_figure
+from ...core.io import atomic_write_text
+from ...models.cut import cut_to_plan, width_positions
+from ...models.mobilenet import load_model
+from ...models.plan import plan_of, shortcut_groups
+from ...models.specs import AttentionSpec, BlockSpec
+from ...models.profile import profile
+from ...models.weights import save_weights
+from ...train import distributed
 from .finetune import long_finetune, open_search_data, short_finetune, top1
 from .latency import (check_table, load_table, madds_table, measure_model, measure_table, predict,
                       save_table)
@@ -112,7 +112,7 @@ class Cost:
             return predict(self.table, plan)
         if self.madds is not None:
             return round(predict(self.madds, plan, corrected=False) * 1e6)
-        from ..models.mobilenet import create_model
+        from ...models.mobilenet import create_model
         with torch.device("meta"):
             m = create_model(self.model.model_name, **{**self.model.model_kwargs, "channel_plan": plan})
         return float(profile(m, self.resolution)["madds"])

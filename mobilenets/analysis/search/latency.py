@@ -27,14 +27,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.errors import MobileNetsError
-from ..core.io import atomic_write_text
-from ..core.machine import describe_machine
-from ..deploy.bench import calibrate_batchnorm, time_runs
-from ..models.layers import ConvBNAct, make_activation
-from ..models.mobilenet import build_block
-from ..models.plan import check_plan, has_expansion, joins_input, plan_of, scale_plan
-from ..models.specs import AttentionSpec, BlockSpec, ConvSpec
+from ...core.errors import MobileNetsError
+from ...core.io import atomic_write_text
+from ...core.machine import describe_machine
+from ...deploy.bench import calibrate_batchnorm, time_runs
+from ...models.layers import ConvBNAct, make_activation
+from ...models.mobilenet import build_block
+from ...models.plan import check_plan, has_expansion, joins_input, plan_of, scale_plan
+from ...models.specs import AttentionSpec, BlockSpec, ConvSpec
 from .engines import check_engine, engine_versions, model_call, piece_call
 
 TABLE_FORMAT = "mobilenets-latency-table/1"
@@ -273,7 +273,7 @@ def measure_table(model: nn.Module, engine: str, threads: int = 1, batch: int = 
 
 
 def _planned(model: nn.Module, plan: dict) -> nn.Module:
-    from ..models.mobilenet import create_model
+    from ...models.mobilenet import create_model
     kwargs = {**(getattr(model, "model_kwargs", None) or {}), "channel_plan": plan}
     return create_model(model.model_name, **kwargs).eval()
 
@@ -323,7 +323,7 @@ def predict(table: dict, plan: dict, corrected: bool = True) -> float:
 def _feature_model(name: str, kwargs_json: str, num_classes: int):
     """What `_features` reads of a model (its arch, stem and classifier), built on the meta
     device from a table's model name and options."""
-    from ..models.mobilenet import create_model
+    from ...models.mobilenet import create_model
     with torch.device("meta"):
         return create_model(name, **{**json.loads(kwargs_json), "num_classes": num_classes})
 
@@ -368,7 +368,7 @@ def load_table(path) -> dict:
 
 def check_table(table: dict, path, engine: str, threads: int, batch: int, model: nn.Module | None = None) -> None:
     """Refuse a table measured on another engine, thread count, batch, CPU or model."""
-    from ..core.machine import cpu_description
+    from ...core.machine import cpu_description
     here = cpu_description()
     wanted = {"engine": engine, "threads": threads, "batch": batch}
     got = {k: table[k] for k in wanted}

@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..core.errors import MobileNetsError
-from ..deploy.backends import OpenVinoBackend
-from ..deploy.export import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ort_session
-from ..deploy.fuse import prepare_for_inference
-from ..deploy.mobile import require
-from ..deploy.quantize import quantize_onnx
+from ...core.errors import MobileNetsError
+from ...deploy.backends import OpenVinoBackend
+from ...deploy.export import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ort_session
+from ...deploy.fuse import prepare_for_inference
+from ...deploy.mobile import require
+from ...deploy.quantize import quantize_onnx
 
 ENGINES = ("onnxruntime", "int8", "openvino", "executorch", "executorch-int8", "eager")
 
@@ -104,7 +104,7 @@ def piece_call(engine: str, module: nn.Module, x: torch.Tensor, workdir: Path, t
         session = ort_session(path, threads)
         arr = x.numpy()
         return lambda: session.run(None, {INPUT_NAME: arr})
-    from ..deploy.executorch import ExecuTorchBackend, quantize_pte, write_pte, xnnpack_ready
+    from ...deploy.executorch import ExecuTorchBackend, quantize_pte, write_pte, xnnpack_ready
     path = workdir / "piece.pte"
     meta = _piece_meta(x)
     if engine == "executorch":
@@ -124,7 +124,7 @@ def model_call(engine: str, model: nn.Module, x: torch.Tensor, workdir: Path, th
     so a measured latency is that of the file a user ships."""
     if engine == "eager":
         return piece_call(engine, model, x, workdir, threads)
-    from ..deploy.export import export
+    from ...deploy.export import export
     workdir = Path(workdir)
     c, h = x.shape[1], x.shape[-1]
     meta = {"preprocessing": {**_piece_meta(x)["preprocessing"],
@@ -145,7 +145,7 @@ def model_call(engine: str, model: nn.Module, x: torch.Tensor, workdir: Path, th
         session = ort_session(path, threads)
         arr = x.numpy()
         return lambda: session.run(None, {INPUT_NAME: arr})
-    from ..deploy.executorch import ExecuTorchBackend, quantize_pte
+    from ...deploy.executorch import ExecuTorchBackend, quantize_pte
     path = workdir / "model.pte"
     if engine == "executorch":
         export(model, path, "executorch", meta, check=False)

@@ -8,11 +8,11 @@ import itertools
 import torch
 from torch import nn
 
-from ..core.errors import MobileNetsError
-from ..datasets.classification import open_dataset
-from ..datasets.splits import Augment
-from ..train.evaluate import evaluate
-from ..train.optim import train_step
+from ...core.errors import MobileNetsError
+from ...datasets.classification import open_dataset
+from ...datasets.splits import Augment
+from ...train.evaluate import evaluate
+from ...train.optim import train_step
 
 
 def open_search_data(data: str, model: nn.Module, data_dir: str | None, val_fraction, seed: int,

@@ -14,8 +14,8 @@ import torch.multiprocessing as mp
 from mobilenets import create_model, load_model, profile
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.models.weights import save_weights
-from mobilenets.search import adapt as adapt_module
-from mobilenets.search.adapt import AdaptSettings, adapt
+from mobilenets.analysis.search import adapt as adapt_module
+from mobilenets.analysis.search.adapt import AdaptSettings, adapt
 
 pytestmark = [pytest.mark.needs_fmnist, pytest.mark.usefixtures("one_thread")]
 PREPROCESSING = {"resolution": 28, "resize": 28, "in_chans": 1, "mean": [0.2860], "std": [0.3530]}

@@ -8,8 +8,8 @@ import torch
 from mobilenets import create_model, profile
 from mobilenets.core.errors import MobileNetsError
 from mobilenets.models.plan import plan_of, scale_plan
-from mobilenets.search import latency
-from mobilenets.search.latency import check_table, load_table, measure_table, predict, save_table
+from mobilenets.analysis.search import latency
+from mobilenets.analysis.search.latency import check_table, load_table, measure_table, predict, save_table
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
