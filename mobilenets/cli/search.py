@@ -1,4 +1,4 @@
-"""Verbs that design a network for a latency budget: `latency-table`, `adapt`."""
+"""Verbs that design a network for a latency budget: `latency-table`, `adapt`, `search`."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,7 @@ from tqdm import tqdm
 from ..core.errors import MobileNetsError
 from ..deploy.export import resolve_model
 from ..analysis.search.adapt import AdaptSettings, adapt
+from ..analysis.search.evolve import SearchSettings, search
 from ..analysis.search.engines import ENGINES
 from ..analysis.search.latency import measure_table, save_table
 from .common import add_model_options, count_or_fraction, model_kwargs
@@ -52,6 +53,27 @@ def add_commands(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.set_defaults(func=_cmd_adapt)
 
+    p = sub.add_parser("search", help="platform-aware search over V3's stage choices for a latency target")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--engine", default="onnxruntime", choices=ENGINES)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch", type=int, default=1, help="the latency's batch size")
+    p.add_argument("--target-latency-ms", type=float, default=None)
+    p.add_argument("--latency-weight", type=float, default=SearchSettings.latency_weight,
+                   help="w in ACC × (LAT/TAR)^w (MnasNet -0.07, V3-Small -0.15)")
+    p.add_argument("--population", type=int, default=SearchSettings.population)
+    p.add_argument("--sample", type=int, default=SearchSettings.sample, help="tournament size")
+    p.add_argument("--candidates", type=int, default=SearchSettings.candidates)
+    p.add_argument("--proxy-steps", type=int, default=SearchSettings.proxy_steps,
+                   help="training steps from scratch that score each candidate")
+    p.add_argument("--batch-size", type=int, default=SearchSettings.batch_size)
+    p.add_argument("--val-images", type=int, default=SearchSettings.val_images)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--resume", action="store_true", help="continue the search in --out")
+    p.set_defaults(func=_cmd_search)
+
 
 def _cmd_latency_table(args) -> int:
     if args.threads < 1 or args.batch < 1:
@@ -82,4 +104,21 @@ def _cmd_adapt(args) -> int:
             val_images=args.val_images, seed=args.seed)
         report = adapt(args.weights, args.out, settings, args.table, progress=tqdm)
     print(json.dumps({k: report[k] for k in ("weights", "measured_ms", "val_top1", "test_top1")}))
+    return 0
+
+
+def _cmd_search(args) -> int:
+    if args.resume:
+        report = search(args.out, SearchSettings(), resume=True, progress=tqdm)
+    else:
+        if args.target_latency_ms is None:
+            raise MobileNetsError("search: give --target-latency-ms (measure the model you want to beat "
+                                  "with `mobilenets bench` first)")
+        settings = SearchSettings(
+            data=args.data, data_dir=args.data_dir, engine=args.engine, threads=args.threads, batch=args.batch,
+            target_latency_ms=args.target_latency_ms, latency_weight=args.latency_weight,
+            population=args.population, sample=args.sample, candidates=args.candidates,
+            proxy_steps=args.proxy_steps, batch_size=args.batch_size, val_images=args.val_images, seed=args.seed)
+        report = search(args.out, settings, progress=tqdm)
+    print(json.dumps(report["best"]))
     return 0

@@ -331,7 +331,8 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
               fixed_stem: bool = False, resolution: int = 224, feature_location: str = "bottleneck",
               keep_last_conv: bool = False, head_channels: int | None = None, reduced_tail: bool = False,
               full_conv: bool = False, shallow: bool = False, last_stage: str = "efficient",
-              hswish_from: int | None = None, channel_plan: dict | None = None) -> MobileNet:
+              hswish_from: int | None = None, channel_plan: dict | None = None,
+              blocks: list | None = None) -> MobileNet:
     """Build a MobileNet of `family` with the given options (see `specs.build_arch`; the
     features_only options in `MobileNet` and `feature_levels`).
 
@@ -359,7 +360,8 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
                       output_stride=output_stride, minimalistic=minimalistic, proj_act=proj_act,
                       shortcut=shortcut, expand_ratio=expand_ratio, act=act,
                       fixed_stem=fixed_stem, head_channels=head_channels, reduced_tail=reduced_tail,
-                      full_conv=full_conv, shallow=shallow, last_stage=last_stage, hswish_from=hswish_from)
+                      full_conv=full_conv, shallow=shallow, last_stage=last_stage, hswish_from=hswish_from,
+                      blocks=blocks)
     if channel_plan is not None:
         arch = apply_plan(arch, channel_plan)
     bn = bn_defaults(family)   # both checked > 0 above, so `or` only replaces None

@@ -181,6 +181,24 @@ def v3_layer_acts(rows: int, minimalistic: bool, hswish_from: int | None, table_
     return ["relu" if i < hswish_from else "hswish" for i in range(rows + 2)]
 
 
+def check_v3_rows(rows) -> list[tuple]:
+    """V3 bneck rows as tuples, or one line naming the row that is not (k, exp, c, SE, NL, s)."""
+    if not isinstance(rows, (list, tuple)) or not rows:
+        raise MobileNetsError(f"blocks={rows!r}: a non-empty list of V3 rows (kernel, exp, out, se, nl, stride)")
+    out = []
+    for i, row in enumerate(rows):
+        ok = isinstance(row, (list, tuple)) and len(row) == 6
+        if ok:
+            k, exp, c, se, nl, stride = row
+            ok = (k in (3, 5, 7) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (exp, c))
+                  and isinstance(se, bool) and nl in V3_ACT and stride in (1, 2))
+        if not ok:
+            raise MobileNetsError(f"blocks[{i}]={row!r}: a V3 row is (kernel 3/5/7, exp >= 1, out >= 1, "
+                                  "se true/false, nl 'RE'/'HS', stride 1/2)")
+        out.append(tuple(row))
+    return out
+
+
 def _check_v3_options(family: str, rows: int, minimalistic: bool, hswish_from, last_stage: str,
                       reduced_tail: bool) -> None:
     if last_stage not in LAST_STAGES:
@@ -263,7 +281,7 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
                fixed_stem: bool = False, head_channels: int | None = None,
                reduced_tail: bool = False, full_conv: bool = False,
                shallow: bool = False, last_stage: str = "efficient",
-               hswish_from: int | None = None) -> Arch:
+               hswish_from: int | None = None, blocks: list | None = None) -> Arch:
     """Resolve a family's table and options into an `Arch`.
 
     proj_act: activation after the 1×1 projection; "default" is the paper's choice
@@ -287,6 +305,8 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
     before pooling instead of after it.
     hswish_from (V3): where h-swish starts, as an index into [stem, bneck rows, last stage]
     (`v3_layer_acts`); None keeps the tables' NL column.
+    blocks (V3): bneck rows (kernel, exp size, out, SE, NL, s) in place of the paper's table,
+    e.g. an architecture found by `mobilenets search` (`check_v3_rows`).
     """
     if family not in FAMILIES:
         raise MobileNetsError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
@@ -322,6 +342,8 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
             raise MobileNetsError(f"head_channels={head_channels!r} is out of range; allowed: integer >= 1")
     if (hswish_from is not None or last_stage != "efficient") and not family.startswith("mobilenet_v3"):
         raise MobileNetsError(f"hswish_from and last_stage are MobileNetV3 options, not {family}'s")
+    if blocks is not None and not family.startswith("mobilenet_v3"):
+        raise MobileNetsError(f"blocks= takes MobileNetV3 rows; {family} has its own table")
     if (full_conv or shallow) and family != "mobilenet_v1":
         raise MobileNetsError(f"full_conv and shallow are MobileNetV1's Table 4 and 5 variants; "
                               f"{family} has no such option")
@@ -364,6 +386,8 @@ def build_arch(family: str, width_mult: float = 1.0, *, dropout: float | None = 
         large = family == "mobilenet_v3_large"
         table, head, last = ((V3_LARGE_BLOCKS, V3_LARGE_HEAD, V3_LARGE_LAST_CONV) if large
                              else (V3_SMALL_BLOCKS, V3_SMALL_HEAD, V3_SMALL_LAST_CONV))
+        if blocks is not None:
+            table = check_v3_rows(blocks)
         stem_table = V3_LARGE_STEM if large else V3_SMALL_STEM
         stem = stem_table if fixed_stem else make_divisible(stem_table * w)
         _check_v3_options(family, len(table), minimalistic, hswish_from, last_stage, reduced_tail)

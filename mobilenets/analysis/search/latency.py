@@ -392,3 +392,29 @@ def check_table(table: dict, path, engine: str, threads: int, batch: int, model:
 
 def _piece_specs_keys(model: nn.Module, resolution: int) -> list[str]:
     return [p["key"].split(" base")[0] for p in _piece_specs(model, resolution)]
+
+
+def piece_book_latency(model: nn.Module, engine: str, threads: int, batch: int, resolution: int,
+                       book: dict, runs: int = 15, warmup: int = 5) -> float:
+    """The latency of `model` as the sum of its pieces, each timed once at its exact widths and
+    kept in `book` (key → ms), so candidates of a search that share a piece share its timing:
+    a table keyed by whole blocks, as Once-for-All's. `book["overhead_ms"]` is the per-call cost
+    counted once."""
+    check_engine(engine)
+    torch.set_num_threads(threads)
+    model = model.eval()
+    plan = plan_of(model.arch)
+    with tempfile.TemporaryDirectory(prefix="mobilenets-lut-") as tmp:
+        if "overhead_ms" not in book:
+            book["overhead_ms"] = _time(piece_call(engine, nn.ReLU(), torch.randn(batch, 8, 8, 8),
+                                                   Path(tmp), threads), runs, warmup)
+        total = book["overhead_ms"]
+        for piece in _piece_specs(model, resolution):
+            w = _piece_widths(piece, plan)
+            key = f"{piece['key']} widths {json.dumps(w, sort_keys=True)}"
+            if key not in book:
+                x = _input(model, piece, w, batch)
+                module = _realistic(_piece_module(model, piece, w), x)
+                book[key] = _time(piece_call(engine, module, x, Path(tmp), threads), runs, warmup)
+            total += book[key] - book["overhead_ms"]
+    return total
