@@ -12,11 +12,12 @@ import torch
 from torch import nn
 
 from ..core.errors import MobileNetsError
+from .features import FEATURE_LOCATIONS, feature_levels  # noqa: F401  (their home before)
 from .layers import ConvBNAct, InvertedResidual, MultiQueryAttention, make_activation
 from .specs import Arch, AttentionSpec, ConvSpec, build_arch
 from .tables import bn_defaults
-from .weights import (check_metadata, load_state_into, load_weights, read_metadata, state_mismatch,
-                      upgrade_state)
+from .weights import (check_metadata, is_url, load_state_into, load_weights, read_metadata,
+                      state_mismatch, upgrade_state)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -36,43 +37,6 @@ def build_block(spec, **norm) -> nn.Module:
                             spec.dilation, spec.se_ch, spec.act, spec.proj_act, spec.shortcut,
                             **norm, start_kernel=spec.start_kernel,
                             expand_kernel=spec.expand_kernel, layer_scale=spec.layer_scale)
-
-
-FEATURE_LOCATIONS = ("bottleneck", "expansion")
-
-
-def feature_levels(arch: Arch, feature_location: str = "bottleneck",
-                   keep_last_conv: bool = False) -> list[dict]:
-    """Every feature level a `features_only` MobileNet of `arch` can return, shallow to deep:
-    {"module", "num_chs", "reduction", "index"}, `index` counting [stem, *blocks, last_conv]
-    up to the layer that computes the map.
-
-    One level per reduction (the last layer before each stride, then the last block).
-    feature_location="expansion" takes each level but the deepest at the expansion of the block
-    that strides next (the wide tensor, as SSDLite's first map); keep_last_conv adds the output
-    of the last 1×1 conv as one more level (the map V2's and V3's task heads use)."""
-    if feature_location not in FEATURE_LOCATIONS:
-        raise MobileNetsError(f"feature_location={feature_location!r} is not one of "
-                              f"{', '.join(map(repr, FEATURE_LOCATIONS))}")
-    strides = [arch.stem_stride]
-    for b in arch.blocks:
-        strides.append(strides[-1] * b.stride)
-    last = len(arch.blocks)
-    levels = []
-    for i in arch.feature_levels:
-        if feature_location == "expansion" and i < last:
-            levels.append(dict(module=f"blocks.{i}.expand", num_chs=arch.blocks[i].expand_ch,
-                               reduction=strides[i], index=i + 1))
-        else:
-            levels.append(dict(module="stem" if i == 0 else f"blocks.{i - 1}",
-                               num_chs=arch.stem_ch if i == 0 else arch.blocks[i - 1].out_ch,
-                               reduction=strides[i], index=i))
-    if keep_last_conv:
-        if not arch.last_conv_ch:
-            raise MobileNetsError(f"keep_last_conv=True: {arch.family} has no last 1×1 conv")
-        levels.append(dict(module="last_conv", num_chs=arch.last_conv_ch, reduction=strides[-1],
-                           index=last + 1))
-    return levels
 
 
 class MobileNet(nn.Module):
@@ -239,10 +203,19 @@ def _get(name: str):
     return _REGISTRY[name]
 
 
-def create_model(name: str, pretrained: str | os.PathLike | None = None, **kwargs) -> nn.Module:
+# Set by `pretrained` (which builds on this module): loads the published weights of a registry tag.
+PRETRAINED_LOADER: list[Callable[..., nn.Module]] = []
+
+
+def create_model(name: str, pretrained: str | os.PathLike | bool | None = None, **kwargs) -> nn.Module:
     """Build a registered model. `pretrained` is a weights file or an http(s) URL of one (see
     `mobilenets.models.weights`); the options it was saved with (e.g. TF padding) fill in any the name
-    and `kwargs` leave open."""
+    and `kwargs` leave open. pretrained=True, a tag ("name.tag", or pretrained="tag") or
+    "hf-hub:repo" load published ImageNet weights (`mobilenets.models.pretrained`)."""
+    if PRETRAINED_LOADER and (pretrained is True or "." in name or (
+            isinstance(pretrained, str) and not os.path.exists(pretrained) and not is_url(pretrained)
+            and (pretrained.startswith("hf-hub:") or os.sep not in pretrained and "." not in pretrained))):
+        return PRETRAINED_LOADER[0](name, pretrained, kwargs)
     builder, defaults = _get(name)
     params = _check_options(name, kwargs)
     if not pretrained:
