@@ -120,9 +120,9 @@ def _download_url(entry: PretrainedWeights, dest: Path) -> None:
 def _download_hub(entry: PretrainedWeights) -> tuple[Path, str]:
     """(the Hub file in huggingface_hub's cache under ours, its ETag: the file's SHA-256)."""
     import huggingface_hub
-    from huggingface_hub import constants
     hub_cache = cache_dir() / "hf"
-    endpoint = constants.ENDPOINT  # read now: HF_ENDPOINT, or a setting changed since import
+    # Read now, not at import as huggingface_hub does: the Hub's documented mirror setting.
+    endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/") or None
     try:
         meta = huggingface_hub.get_hf_file_metadata(
             huggingface_hub.hf_hub_url(entry.hf_hub_id, entry.hf_filename, endpoint=endpoint))
