@@ -16,6 +16,7 @@ from .features import FEATURE_LOCATIONS, feature_levels  # noqa: F401  (their ho
 from .layers import ConvBNAct, InvertedResidual, MultiQueryAttention, make_activation
 from .specs import Arch, AttentionSpec, ConvSpec, build_arch
 from .tables import bn_defaults
+from .timm_compat import model_cfg
 from .weights import (check_metadata, is_url, load_state_into, load_weights, read_metadata,
                       state_mismatch, upgrade_state)
 
@@ -100,6 +101,11 @@ class MobileNet(nn.Module):
                                else nn.Identity())
         self._init_weights()
 
+    @property
+    def default_cfg(self) -> dict:
+        """timm's older name of `pretrained_cfg`."""
+        return self.pretrained_cfg
+
     def _init_weights(self) -> None:
         # As torchvision's MobileNets do: He init (fan-out) for convs, N(0, 0.01) for linears.
         for m in self.modules():
@@ -180,9 +186,22 @@ def register_model(name: str, builder: Callable[..., nn.Module], **defaults) -> 
     _REGISTRY[name] = (builder, defaults)
 
 
-def list_models(pattern: str | None = None) -> list[str]:
-    names = sorted(_REGISTRY)
-    return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+def list_models(pattern: str | None = None, pretrained: bool = False, task: str | None = None,
+                exclude_filters: str | list[str] = ()) -> list[str]:
+    """Registered names matching the shell-style `pattern`: every model (classifiers, detectors,
+    segmenters) unless `task` names one ("classification", ...); with pretrained=True the
+    published weights' "name.tag" instead (`registry_weights`). `exclude_filters` drops names
+    matching any of its patterns, as in timm."""
+    if pretrained:
+        from .registry_weights import WEIGHTS  # data only; its accuracy sits with each tag
+        names = sorted(w.name for w in WEIGHTS)
+    else:
+        names = sorted(_REGISTRY)
+    if task is not None:
+        names = [n for n in names if model_task(n.split(".")[0]) == task]
+    excluded = [exclude_filters] if isinstance(exclude_filters, str) else list(exclude_filters)
+    return [n for n in names if (not pattern or fnmatch.fnmatch(n, pattern))
+            and not any(fnmatch.fnmatch(n, x) for x in excluded)]
 
 
 def model_defaults(name: str) -> dict:
@@ -333,8 +352,7 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
     bn_eps, bn_momentum = bn_eps or (1e-3 if padding == "same" else bn.eps), bn_momentum or bn.momentum
     model = MobileNet(arch, num_classes, in_chans, features_only, out_indices, padding, bn_eps,
                       bn_momentum, feature_location, keep_last_conv)
-    model.pretrained_cfg = dict(resolution=resolution, crop_pct=0.875, mean=IMAGENET_MEAN,
-                                std=IMAGENET_STD, in_chans=in_chans, interpolation="bilinear")
+    model.pretrained_cfg = model_cfg(model, resolution, in_chans, num_classes, IMAGENET_MEAN, IMAGENET_STD)
     return model
 
 
