@@ -8,6 +8,26 @@ from .specs import Arch
 FEATURE_LOCATIONS = ("bottleneck", "expansion")
 
 
+class FeatureInfo(list):
+    """A list of {"module", "num_chs", "reduction", "index"} that answers timm's feature-info
+    calls: `.channels()`, `.reduction()`, `.module_name()` (all levels, or level `idx`)."""
+
+    def _get(self, key: str, idx: int | None):
+        return [info[key] for info in self] if idx is None else self[idx][key]
+
+    def channels(self, idx: int | None = None):
+        return self._get("num_chs", idx)
+
+    def reduction(self, idx: int | None = None):
+        return self._get("reduction", idx)
+
+    def module_name(self, idx: int | None = None):
+        return self._get("module", idx)
+
+    def get_dicts(self) -> list[dict]:
+        return list(self)
+
+
 def feature_levels(arch: Arch, feature_location: str = "bottleneck",
                    keep_last_conv: bool = False) -> list[dict]:
     """Every feature level a `features_only` MobileNet of `arch` can return, shallow to deep:
