@@ -16,7 +16,7 @@ from .features import FEATURE_LOCATIONS, feature_levels  # noqa: F401  (their ho
 from .network import MobileNet, build_block  # noqa: F401  (their home before)
 from .specs import build_arch
 from .tables import bn_defaults
-from .timm_compat import model_cfg
+from .timm_compat import TIMM_NAMES, model_cfg
 from .weights import (check_metadata, is_url, load_state_into, load_weights, read_metadata,
                       state_mismatch, upgrade_state)
 
@@ -65,7 +65,7 @@ def model_task(name: str) -> str:
 
 def _get(name: str):
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
+        close = difflib.get_close_matches(name, [*_REGISTRY, *TIMM_NAMES], n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see `mobilenets models`"
         raise MobileNetsError(f"unknown model {name!r}{hint}")
     return _REGISTRY[name]
@@ -80,6 +80,8 @@ def create_model(name: str, pretrained: str | os.PathLike | bool | None = None, 
     `mobilenets.models.weights`); the options it was saved with (e.g. TF padding) fill in any the name
     and `kwargs` leave open. pretrained=True, a tag ("name.tag", or pretrained="tag") or
     "hf-hub:repo" load published ImageNet weights (`mobilenets.models.pretrained`)."""
+    if name in TIMM_NAMES:
+        return _create_timm_named(name, pretrained, kwargs)
     if PRETRAINED_LOADER and (pretrained is True or "." in name or (
             isinstance(pretrained, str) and not os.path.exists(pretrained) and not is_url(pretrained)
             and (pretrained.startswith("hf-hub:") or os.sep not in pretrained and "." not in pretrained))):
@@ -95,6 +97,16 @@ def create_model(name: str, pretrained: str | os.PathLike | bool | None = None, 
                        from_file=set(saved) - set(kwargs))
     _apply_weights(model, state, meta, str(pretrained))
     return model
+
+
+def _create_timm_named(name: str, pretrained, kwargs: dict) -> nn.Module:
+    """A timm model name: ours with timm's options; pretrained=True takes timm's own weights."""
+    ours, options = TIMM_NAMES[name]
+    if pretrained is True:
+        from .registry_weights import WEIGHTS  # data only
+        pretrained = next((f"hf-hub:{w.hf_hub_id}" for w in WEIGHTS
+                           if w.hf_hub_id and w.hf_hub_id.startswith(f"timm/{name}.")), True)
+    return create_model(ours, pretrained, **{**options, **kwargs})
 
 
 def _check_options(name: str, kwargs: dict, source: str = "") -> set[str]:

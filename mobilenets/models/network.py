@@ -53,15 +53,15 @@ def _make_pool(pool_type: str = "avg") -> nn.Module:
     return nn.Sequential(pool[pool_type], nn.Flatten(1))
 
 
-def set_drop_path(blocks: nn.Sequential, rate: float) -> None:
+def set_drop_path(blocks: nn.Sequential, rate: float, depth: int) -> None:
     """Stochastic depth on every block with a shortcut, its rate rising linearly with the
-    block's depth (block i of n drops with rate·i/n, as timm's EfficientNet builder does)."""
+    block's depth: block i drops with rate·i/depth, as timm's EfficientNet builder does, whose
+    depth counts V3's and V4's last 1×1 conv (its last stage) as a block."""
     if not (isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 <= rate < 1):
         raise MobileNetsError(f"drop_path_rate={rate!r} is out of range; allowed: 0 <= rate < 1")
-    n = len(blocks)
     for i, block in enumerate(blocks):
         if getattr(block, "residual", False) and rate > 0:
-            block.drop_path = StochasticDepth(rate * i / n, "row")
+            block.drop_path = StochasticDepth(rate * i / depth, "row")
         elif hasattr(block, "drop_path"):
             block.drop_path = nn.Identity()
 
@@ -92,7 +92,8 @@ class MobileNet(nn.Module):
         norm = dict(padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum)
         self.stem = ConvBNAct(in_chans, arch.stem_ch, 3, arch.stem_stride, act=arch.stem_act, **norm)
         self.blocks = nn.Sequential(*[build_block(b, **norm) for b in arch.blocks])
-        set_drop_path(self.blocks, drop_path_rate)
+        set_drop_path(self.blocks, drop_path_rate,
+                      len(self.blocks) + bool(arch.last_conv_ch and arch.head_ch))
         self.features_only = features_only
         self.grad_checkpointing = False
         ch = arch.blocks[-1].out_ch
@@ -264,7 +265,7 @@ class MobileNet(nn.Module):
         self._check_head("reset_classifier")
         if global_pool is not None:
             self._check_pool(global_pool, num_classes)
-            self.pool = _make_pool(pool_type)
+            self.pool = _make_pool(global_pool)
         self.classifier = (nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0
                            else nn.Identity())
 
