@@ -222,9 +222,11 @@ def create_pretrained(name: str, pretrained, kwargs: dict) -> nn.Module:
     model = _mobilenet._build(entry.model, {**saved, **options})
     state = _fit_state(model, state, path)
     load_state_into(model, state, str(path))
-    cfg = {**meta.get("preprocessing", {}), **_cfg_of(entry, model)}
-    cfg["source_sha256"] = meta.get("source", {}).get("sha256")
-    model.pretrained_cfg = {**model.pretrained_cfg, **cfg}
+    own = model.pretrained_cfg
+    # The checkpoint's preprocessing, but the input shape and classes of the model built here.
+    model.pretrained_cfg = {**own, **meta.get("preprocessing", {}), **_cfg_of(entry, model),
+                            **{k: own[k] for k in ("in_chans", "input_size", "resolution", "num_classes")},
+                            "source_sha256": meta.get("source", {}).get("sha256")}
     if "classes" in meta and getattr(getattr(model, "classifier", None), "out_features", 0) == len(meta["classes"]):
         model.classes = meta["classes"]
     return model

@@ -175,6 +175,8 @@ def test_hub_download_num_classes_and_in_chans(served):
     assert sum("classifier is dropped" in str(w.message) for w in caught) == 1
     gray = mobilenets.create_model("mobilenet_v4_conv_small.e2400_r224_in1k", pretrained=True,
                                    in_chans=1).eval()
+    assert timm.data.resolve_data_config(model=gray)["input_size"] == (1, 224, 224)
+    assert (ten.pretrained_cfg["num_classes"], ten.pretrained_cfg["top1"]) == (10, 73.756)
     x = _images()[:, :1]
     with torch.no_grad():  # a gray image as one channel = the same image as three equal ones
         torch.testing.assert_close(gray(x), source(x.repeat(1, 3, 1, 1)), rtol=1e-4, atol=1e-4)
@@ -194,3 +196,32 @@ def test_hub_file_that_is_not_its_etag_is_refused(served, monkeypatch):
         mobilenets.create_model("mobilenet_v4_conv_small", pretrained=f"hf-hub:{repo}")
     cache = Path(pretrained.cache_dir())
     assert not list(cache.glob("pretrained/*")) and not list(cache.rglob("blobs/*"))
+
+
+@pytest.mark.slow
+def test_cli_train_starts_from_published_weights(served, monkeypatch, tmp_path, capsys):
+    from mobilenets.cli import main
+    root, server = served
+    path, _ = _torchvision_file(root)
+    entry = dataclasses.replace(registry_weights.default_for("mobilenet_v3_small"),
+                                url=f"{server.url}/files/{path.name}",
+                                hash_prefix=path.stem.rsplit("-", 1)[1])
+    _use_entry(monkeypatch, entry)
+    tiny = ["--data", "fashion-mnist", "--epochs", "1", "--batch-size", "16", "--model",
+            "mobilenet_v3_small", "--width-mult", "1.0", "--set", "limit_train=32", "--set", "limit_val=16",
+            "--set", "limit_test=16", "--set", "resolution=32"]
+    server.stop()
+    assert main(["train", *tiny, "--pretrained", "--out", str(tmp_path / "offline")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert entry.url in err[-1] and "upstream" in err[-1]
+    server = Server(root)
+    monkeypatch.setattr(registry_weights, "WEIGHTS", tuple(
+        dataclasses.replace(w, url=f"{server.url}/files/{path.name}") if w.name == entry.name else w
+        for w in registry_weights.WEIGHTS))
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert main(["train", *tiny, "--pretrained", "IMAGENET1K_V1", "--out", str(tmp_path / "run")]) == 0
+    finally:
+        server.stop()
+    assert any("1000-class classifier is dropped" in str(w.message) for w in caught)
