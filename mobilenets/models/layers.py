@@ -2,8 +2,9 @@
 inverted-residual block that is V1's depthwise separable block, V2's bottleneck, V3's bneck and
 V4's universal inverted bottleneck (UIB) and fused IB depending on its options; beside it, V4's
 layer scale and Mobile MQA attention block."""
-from __future__ import annotations
 
+# Annotations stay types, not strings (no `from __future__ import annotations`): TorchScript
+# reads them, also in the code torchvision's FX feature extractor generates from these forwards.
 import math
 
 import torch

@@ -1,8 +1,9 @@
 """One model class for every MobileNet, built from a resolved `Arch`, with the conventions timm's
 and torchvision's users rely on: global pooling choices, stochastic depth, gradient
 checkpointing, intermediate features, TorchScript."""
-from __future__ import annotations
 
+# Annotations stay types, not strings (no `from __future__ import annotations`): TorchScript
+# reads them, also in the code torchvision's FX feature extractor generates from these forwards.
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -138,3 +138,18 @@ def test_torch_hub_local_entry_point():
     repo = Path(__file__).resolve().parents[2]
     model = torch.hub.load(str(repo), "mobilenet_v3_large", source="local", num_classes=4)
     assert model.classifier.out_features == 4
+
+
+def test_fx_feature_extractor_scripts():
+    from torchvision.models.feature_extraction import create_feature_extractor
+    model = mobilenets.create_model("mobilenet_v4_hybrid_medium").eval()
+    extractor = create_feature_extractor(model, {"blocks.3": "mid", "last_conv": "last"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(extractor)
+    with torch.no_grad():
+        want = extractor(X)
+        got = scripted(X)
+        torch.testing.assert_close(want["last"], model.forward_features(X))
+    for key in want:
+        torch.testing.assert_close(got[key], want[key])
