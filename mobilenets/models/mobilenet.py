@@ -16,7 +16,7 @@ from .features import FEATURE_LOCATIONS, feature_levels  # noqa: F401  (their ho
 from .network import MobileNet, build_block  # noqa: F401  (their home before)
 from .specs import build_arch
 from .tables import bn_defaults
-from .timm_compat import TIMM_NAMES, model_cfg
+from .timm_compat import TIMM_NAMES, model_cfg, with_input_size
 from .weights import (check_metadata, is_url, load_state_into, load_weights, read_metadata,
                       state_mismatch, upgrade_state)
 
@@ -311,7 +311,8 @@ def load_pretrained(model: torch.nn.Module, path: str | os.PathLike) -> dict:
 def _apply_weights(model: nn.Module, state: dict, meta: dict, source: str) -> None:
     load_state_into(model, state, source)
     if "preprocessing" in meta:
-        model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **meta["preprocessing"]}
+        model.pretrained_cfg = with_input_size({**getattr(model, "pretrained_cfg", {}),
+                                                **meta["preprocessing"]})
     if "classes" in meta:
         model.classes = meta["classes"]
 

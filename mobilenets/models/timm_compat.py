@@ -14,6 +14,14 @@ def model_cfg(model, resolution: int, in_chans: int, num_classes: int, mean, std
                 in_chans=in_chans, interpolation="bilinear")
 
 
+
+def with_input_size(cfg: dict) -> dict:
+    """`cfg` with input_size following its resolution and in_chans (after a weights file's
+    preprocessing replaced them: a model trained at 28 px says 28 to timm's tools too)."""
+    if "resolution" in cfg and "in_chans" in cfg:
+        cfg["input_size"] = (cfg["in_chans"], cfg["resolution"], cfg["resolution"])
+    return cfg
+
 _TIMM = {"bn_eps": 1e-5}
 _TF = {"padding": "same", "bn_eps": 1e-3}
 _V1 = {"bn_eps": 1e-5, "act": "relu6"}

@@ -66,3 +66,13 @@ def test_cli_lists_pretrained_tags(capsys):
     assert main(["models", "--pretrained", "*v3_large*"]) == 0
     out = capsys.readouterr().out
     assert "mobilenet_v3_large.IMAGENET1K_V2" in out and "75.27" in out
+
+
+def test_a_weights_files_resolution_reaches_resolve_data_config(tmp_path):
+    from mobilenets.models.weights import save_weights
+    model = mobilenets.create_model("mobilenet_v2_050", num_classes=10, in_chans=1, small_input=True)
+    path = tmp_path / "fmnist.safetensors"
+    save_weights(path, model, {"preprocessing": {"resolution": 28, "in_chans": 1,
+                                                 "mean": [0.286], "std": [0.353]}})
+    loaded, _ = mobilenets.load_model(path)
+    assert timm_data.resolve_data_config(model=loaded)["input_size"] == (1, 28, 28)
