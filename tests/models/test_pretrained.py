@@ -177,6 +177,12 @@ def test_hub_download_num_classes_and_in_chans(served):
                                    in_chans=1).eval()
     assert timm.data.resolve_data_config(model=gray)["input_size"] == (1, 224, 224)
     assert (ten.pretrained_cfg["num_classes"], ten.pretrained_cfg["top1"]) == (10, 73.756)
+    features = mobilenets.create_model("mobilenet_v4_conv_small.e2400_r224_in1k", pretrained=True,
+                                       features_only=True).eval()
+    with torch.no_grad():
+        _, maps = model.forward_intermediates(_images())
+        for got, want in zip(features(_images()), maps):
+            torch.testing.assert_close(got, want)
     x = _images()[:, :1]
     with torch.no_grad():  # a gray image as one channel = the same image as three equal ones
         torch.testing.assert_close(gray(x), source(x.repeat(1, 3, 1, 1)), rtol=1e-4, atol=1e-4)
