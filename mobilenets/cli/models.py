@@ -8,6 +8,7 @@ from ..core.io import atomic_write_text
 from ..models.convert import SOURCES, convert_file
 from ..models.mobilenet import check_resolution, create_model, list_models, load_model
 from ..models.profile import profile
+from ..models.registry_weights import by_name
 from .common import add_model_options, model_kwargs
 
 
@@ -15,6 +16,9 @@ def add_commands(sub) -> None:
     p = sub.add_parser("models", help="every registered model with params, MAdds, peak memory")
     p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. '*v3*'")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--pretrained", action="store_true",
+                   help="the published ImageNet weights (create_model('name.tag', pretrained=True)) "
+                        "with their upstream's top-1/top-5")
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("profile", help="parameters, multiply-adds and activation memory")
@@ -50,6 +54,8 @@ def _fmt_int(n: int) -> str:
 
 
 def _cmd_models(args) -> int:
+    if args.pretrained:
+        return _list_pretrained(args)
     rows = []
     for name in list_models(args.pattern):
         model = create_model(name)
@@ -71,6 +77,24 @@ def _cmd_models(args) -> int:
               f"{r['peak_memory_bytes_fp32'] / 2**20:>9.1f}MiB")
     print("params: all trainable; no-BN: the papers' convention; MAdds at the model's input size; T3 mem: V2 "
           "Table 3 memory (fp16, K = 1000 B); eager fp32: peak activations of one image")
+    return 0
+
+
+def _list_pretrained(args) -> int:
+    entries = by_name()
+    rows = [dict(tag=name, source=entries[name].source, resolution=entries[name].resolution,
+                 top1=entries[name].top1, top5=entries[name].top5, license=entries[name].license,
+                 url=entries[name].location)
+            for name in list_models(args.pattern, pretrained=True)]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'tag':62s} {'source':11s} {'input':>5s} {'top-1':>6s} {'top-5':>6s}")
+    for r in rows:
+        accuracy = "".join(f" {v:>6.2f}" if v is not None else f" {'-':>6s}" for v in (r["top1"], r["top5"]))
+        print(f"{r['tag']:62s} {r['source']:11s} {r['resolution']:>5d}{accuracy}")
+    print("top-1/top-5: ImageNet-1k validation as each upstream publishes it (torchvision's weights "
+          "metadata, timm's results-imagenet.csv); '-': none published")
     return 0
 
 

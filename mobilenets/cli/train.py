@@ -33,7 +33,7 @@ NAMED_FLAGS = {"task": "task", "model": "model", "width_mult": "width_mult", "sm
                "batch_size": "batch_size", "lr": "lr", "seed": "seed", "workers": "workers",
                "strict": "strict", "amp": "amp", "compile": "compile", "sync_bn": "sync_bn",
                "save_every_steps": "save_every_steps", "device": "device", "in_chans": "in_chans",
-               "backbone": "backbone", "val_fraction": "val_fraction"}
+               "backbone": "backbone", "val_fraction": "val_fraction", "pretrained": "pretrained"}
 
 
 def add_commands(sub) -> None:
@@ -50,6 +50,10 @@ def add_commands(sub) -> None:
     p.add_argument("--backbone", default=None, metavar="WEIGHTS",
                    help="start from another model's stem/blocks/last_conv (e.g. a classifier's "
                         "best.safetensors under a detector or segmenter)")
+    p.add_argument("--pretrained", nargs="?", const=True, default=None, metavar="TAG",
+                   help="start from the model's published ImageNet weights (a tag, e.g. "
+                        "IMAGENET1K_V1; default: its default tag; see `mobilenets models --pretrained`); "
+                        "another class count drops the classifier, --in-chans 1 adapts the stem")
     p.add_argument("--data", default=None, help="'fashion-mnist' or an ImageFolder directory; a COCO "
                                                 "folder for detection, a VOC folder for segmentation")
     p.add_argument("--data-dir", default=None, help="where the Fashion-MNIST idx files are")

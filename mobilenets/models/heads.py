@@ -34,9 +34,12 @@ def _check_classes(num_classes, low: int) -> None:
         raise MobileNetsError(f"num_classes={num_classes!r} is out of range; allowed: integer >= {low}")
 
 
-def _pretrained_cfg(resolution: int, in_chans: int) -> dict:
-    return dict(resolution=resolution, mean=IMAGENET_MEAN, std=IMAGENET_STD, in_chans=in_chans,
-                interpolation="bilinear")
+def _pretrained_cfg(resolution: int, in_chans: int, num_classes: int, classifier: str) -> dict:
+    """The task model's input and outputs, laid out as timm's `pretrained_cfg` is (what
+    `timm.data.resolve_data_config(model=m)` reads)."""
+    return dict(resolution=resolution, input_size=(in_chans, resolution, resolution),
+                num_classes=num_classes, first_conv="backbone.stem.conv", classifier=classifier,
+                mean=IMAGENET_MEAN, std=IMAGENET_STD, in_chans=in_chans, interpolation="bilinear")
 
 
 def _separable(in_ch: int, out_ch: int, bn_eps: float) -> nn.Sequential:
@@ -92,7 +95,7 @@ class SSDLite(nn.Module):
         self.cls_heads = nn.ModuleList(_separable(c, a * num_classes, bn_eps)
                                        for c, a in zip(chans, self.num_anchors))
         self.feature_channels = chans
-        self.pretrained_cfg = _pretrained_cfg(320, in_chans)
+        self.pretrained_cfg = _pretrained_cfg(320, in_chans, num_classes, "cls_heads")
         self._init_heads()
 
     def _init_heads(self) -> None:
@@ -179,7 +182,7 @@ class DeepLabV3(nn.Module):
         self.aspp = ASPP(self.backbone.num_features, ASPP_RATES[output_stride] if aspp else ())
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Conv2d(ASPP_CHANNELS, num_classes, 1)
-        self.pretrained_cfg = _pretrained_cfg(512, in_chans)
+        self.pretrained_cfg = _pretrained_cfg(512, in_chans, num_classes, "classifier")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.classifier(self.dropout(self.aspp(self.backbone.forward_features(x))))
@@ -227,7 +230,7 @@ class LRASPP(nn.Module):
                                   nn.Conv2d(high_ch, channels, 1, bias=False), nn.Sigmoid())
         self.low_classifier = nn.Conv2d(low_ch, num_classes, 1)
         self.high_classifier = nn.Conv2d(channels, num_classes, 1)
-        self.pretrained_cfg = _pretrained_cfg(512, in_chans)
+        self.pretrained_cfg = _pretrained_cfg(512, in_chans, num_classes, "high_classifier")
 
     def _gate(self, high: torch.Tensor) -> torch.Tensor:
         if self.pooling == "global":

@@ -2,8 +2,9 @@
 inverted-residual block that is V1's depthwise separable block, V2's bottleneck, V3's bneck and
 V4's universal inverted bottleneck (UIB) and fused IB depending on its options; beside it, V4's
 layer scale and Mobile MQA attention block."""
-from __future__ import annotations
 
+# Annotations stay types, not strings (no `from __future__ import annotations`): TorchScript
+# reads them, also in the code torchvision's FX feature extractor generates from these forwards.
 import math
 
 import torch
@@ -147,6 +148,7 @@ class InvertedResidual(nn.Module):
         self.residual = stride == 1 and shortcut == "bottleneck" and in_ch == out_ch
         self.expansion_residual = stride == 1 and shortcut == "expansion"
         self._add_in_place = proj_act is None or bool(layer_scale)
+        self.drop_path: nn.Module = nn.Identity()   # stochastic depth, set by the model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         wide = self.expand(self.start(x))
@@ -155,6 +157,7 @@ class InvertedResidual(nn.Module):
             out = out + wide
         out = self.layer_scale(self.project(out))
         if self.residual:
+            out = self.drop_path(out)
             # A linear projection's (or layer scale's) output is saved by nothing, so adding in
             # place is safe for autograd and spares one allocation; after an activation it is
             # saved for backward.
@@ -214,6 +217,7 @@ class MultiQueryAttention(nn.Module):
         self.output = nn.Conv2d(heads * value_dim, out_ch, 1, bias=False)
         self.layer_scale = LayerScale(out_ch, layer_scale) if layer_scale else nn.Identity()
         self.residual = shortcut != "none" and in_ch == out_ch
+        self.drop_path: nn.Module = nn.Identity()   # stochastic depth, set by the model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
@@ -224,4 +228,4 @@ class MultiQueryAttention(nn.Module):
         v = self.value(self.value_down(y)).flatten(2).transpose(1, 2).unsqueeze(1)
         out = self.attend(q, k, v).transpose(-1, -2).reshape(n, self.heads * self.value_dim, h, w)
         out = self.layer_scale(self.output(out))
-        return out + x if self.residual else out
+        return self.drop_path(out) + x if self.residual else out

@@ -12,199 +12,17 @@ import torch
 from torch import nn
 
 from ..core.errors import MobileNetsError
-from .layers import ConvBNAct, InvertedResidual, MultiQueryAttention, make_activation
 from .plan import apply_plan
-from .specs import Arch, AttentionSpec, ConvSpec, build_arch
+from .features import FEATURE_LOCATIONS, feature_levels  # noqa: F401  (their home before)
+from .network import MobileNet, build_block  # noqa: F401  (their home before)
+from .specs import build_arch
 from .tables import bn_defaults
-from .weights import (check_metadata, load_state_into, load_weights, read_metadata, state_mismatch,
-                      upgrade_state)
+from .timm_compat import TIMM_NAMES, model_cfg, with_input_size
+from .weights import (check_metadata, is_url, load_state_into, load_weights, read_metadata,
+                      state_mismatch, upgrade_state)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def build_block(spec, **norm) -> nn.Module:
-    """The module of one block spec: an inverted residual (V1–V4), a V4 attention block, or a
-    plain conv-BN-act row."""
-    if isinstance(spec, ConvSpec):
-        return ConvBNAct(spec.in_ch, spec.out_ch, spec.kernel, spec.stride, dilation=spec.dilation,
-                         act=spec.act, **norm)
-    if isinstance(spec, AttentionSpec):
-        return MultiQueryAttention(spec.in_ch, spec.out_ch, spec.heads, spec.key_dim,
-                                   spec.value_dim, spec.kv_stride, spec.kv_kernel, spec.dilation,
-                                   spec.layer_scale, spec.shortcut, **norm)
-    return InvertedResidual(spec.in_ch, spec.out_ch, spec.expand_ch, spec.kernel, spec.stride,
-                            spec.dilation, spec.se_ch, spec.act, spec.proj_act, spec.shortcut,
-                            **norm, start_kernel=spec.start_kernel,
-                            expand_kernel=spec.expand_kernel, layer_scale=spec.layer_scale,
-                            expand_conv=spec.expand_conv)
-
-
-FEATURE_LOCATIONS = ("bottleneck", "expansion")
-
-
-def feature_levels(arch: Arch, feature_location: str = "bottleneck",
-                   keep_last_conv: bool = False) -> list[dict]:
-    """Every feature level a `features_only` MobileNet of `arch` can return, shallow to deep:
-    {"module", "num_chs", "reduction", "index"}, `index` counting [stem, *blocks, last_conv]
-    up to the layer that computes the map.
-
-    One level per reduction (the last layer before each stride, then the last block).
-    feature_location="expansion" takes each level but the deepest at the expansion of the block
-    that strides next (the wide tensor, as SSDLite's first map); keep_last_conv adds the output
-    of the last 1×1 conv as one more level (the map V2's and V3's task heads use)."""
-    if feature_location not in FEATURE_LOCATIONS:
-        raise MobileNetsError(f"feature_location={feature_location!r} is not one of "
-                              f"{', '.join(map(repr, FEATURE_LOCATIONS))}")
-    strides = [arch.stem_stride]
-    for b in arch.blocks:
-        strides.append(strides[-1] * b.stride)
-    last = len(arch.blocks)
-    levels = []
-    for i in arch.feature_levels:
-        if feature_location == "expansion" and i < last:
-            levels.append(dict(module=f"blocks.{i}.expand", num_chs=arch.blocks[i].expand_ch,
-                               reduction=strides[i], index=i + 1))
-        else:
-            levels.append(dict(module="stem" if i == 0 else f"blocks.{i - 1}",
-                               num_chs=arch.stem_ch if i == 0 else arch.blocks[i - 1].out_ch,
-                               reduction=strides[i], index=i))
-    if keep_last_conv:
-        if not arch.last_conv_ch:
-            raise MobileNetsError(f"keep_last_conv=True: {arch.family} has no last 1×1 conv")
-        levels.append(dict(module="last_conv", num_chs=arch.last_conv_ch, reduction=strides[-1],
-                           index=last + 1))
-    return levels
-
-
-class MobileNet(nn.Module):
-    """stem → blocks → [last 1×1 conv] → pool → [V3/V4 head layer] → dropout → classifier.
-
-    With `features_only=True` the model is a feature extractor: only the stem and blocks (and
-    with `keep_last_conv` the last 1×1 conv) are built, `forward` returns the maps of the levels
-    in `out_indices` (indices into `feature_levels`, default all) as a list, `forward_features`
-    the deepest of them, and `feature_info` describes them (module, channels, stride). It has
-    no head: `forward_head`, `get_classifier` and `reset_classifier` raise MobileNetsError.
-    """
-
-    def __init__(self, arch: Arch, num_classes: int = 1000, in_chans: int = 3,
-                 features_only: bool = False, out_indices: tuple[int, ...] | None = None,
-                 padding: str = "symmetric", bn_eps: float = 1e-5, bn_momentum: float = 0.1,
-                 feature_location: str = "bottleneck", keep_last_conv: bool = False):
-        super().__init__()
-        self.arch = arch
-        norm = dict(padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum)
-        self.stem = ConvBNAct(in_chans, arch.stem_ch, 3, arch.stem_stride, act=arch.stem_act, **norm)
-        self.blocks = nn.Sequential(*[build_block(b, **norm) for b in arch.blocks])
-        self.features_only = features_only
-        ch = arch.blocks[-1].out_ch
-        if features_only:
-            levels = feature_levels(arch, feature_location, keep_last_conv)
-            n = len(levels)
-            out_indices = tuple(range(n)) if out_indices is None else tuple(out_indices)
-            bad = [i for i in out_indices if not -n <= i < n]
-            if bad or not out_indices:
-                raise MobileNetsError(f"out_indices={out_indices!r} is out of range; allowed: 0..{n - 1}")
-            self.out_indices = tuple(i % n for i in out_indices)
-            self.feature_info = [levels[i] for i in self.out_indices]
-            self.num_features = self.feature_info[-1]["num_chs"]
-            wanted = {info["module"] for info in self.feature_info}
-            if "last_conv" in wanted:
-                self.last_conv = ConvBNAct(ch, arch.last_conv_ch, 1, act=arch.last_conv_act, **norm)
-            # Blocks past the deepest requested level are not built: they would hold weights
-            # that no output depends on.
-            deepest = max(info["index"] for info in self.feature_info)
-            del self.blocks[deepest:]
-        else:
-            self.feature_info = feature_levels(arch)
-            self.last_conv = (ConvBNAct(ch, arch.last_conv_ch, 1, act=arch.last_conv_act, **norm)
-                              if arch.last_conv_ch else nn.Identity())
-            ch = arch.last_conv_ch or ch
-            self.pool = nn.AdaptiveAvgPool2d(1)
-            self.flatten = nn.Flatten(1)
-            if arch.head_ch and arch.head_norm:
-                # V4 keeps batch norm there (and so no bias): a conv-BN-act unit on the 1×1 map.
-                self.head = nn.Sequential(
-                    nn.Linear(ch, arch.head_ch, bias=False),
-                    nn.BatchNorm1d(arch.head_ch, eps=bn_eps, momentum=bn_momentum),
-                    make_activation(arch.head_act))
-            else:
-                # V3's efficient last stage: the widest layer works on the pooled 1×1 map, without BN.
-                self.head = (nn.Sequential(nn.Linear(ch, arch.head_ch), make_activation(arch.head_act))
-                             if arch.head_ch else nn.Identity())
-            self.num_features = arch.head_ch or ch
-            self.dropout = nn.Dropout(arch.dropout)
-            self.classifier = (nn.Linear(self.num_features, num_classes) if num_classes > 0
-                               else nn.Identity())
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        # As torchvision's MobileNets do: He init (fan-out) for convs, N(0, 0.01) for linears.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d, nn.GroupNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if self.features_only:
-            return self.forward_levels(x)[-1]
-        return self.last_conv(self.blocks(self.stem(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        self._check_head("forward_head")
-        x = self.head(self.flatten(self.pool(x)))
-        return x if pre_logits else self.classifier(self.dropout(x))
-
-    def forward(self, x: torch.Tensor):
-        if self.features_only:
-            return self.forward_levels(x)
-        return self.forward_head(self.forward_features(x))
-
-    def forward_levels(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The maps of `feature_info`'s levels, in its order."""
-        maps: dict[str, torch.Tensor] = {}
-        wanted = {info["module"] for info in self.feature_info}
-        # An expansion is a tensor inside a block: a hook keeps it as the block computes it, so
-        # the block runs once and as InvertedResidual defines it.
-        handles = [self.get_submodule(name).register_forward_hook(
-                       lambda module, inputs, out, name=name: maps.__setitem__(name, out))
-                   for name in wanted if name.endswith(".expand")]
-        try:
-            x = self.stem(x)
-            if "stem" in wanted:
-                maps["stem"] = x
-            for i, block in enumerate(self.blocks):
-                x = block(x)
-                if f"blocks.{i}" in wanted:
-                    maps[f"blocks.{i}"] = x
-            if "last_conv" in wanted:
-                maps["last_conv"] = self.last_conv(x)
-        finally:
-            for handle in handles:
-                handle.remove()
-        return [maps[info["module"]] for info in self.feature_info]
-
-    def get_classifier(self) -> nn.Module:
-        self._check_head("get_classifier")
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self._check_head("reset_classifier")
-        self.classifier = (nn.Linear(self.num_features, num_classes) if num_classes > 0
-                           else nn.Identity())
-
-    def _check_head(self, method: str) -> None:
-        if self.features_only:
-            raise MobileNetsError(f"{method}: a features_only model has no head (no pooling, "
-                                  "classifier or last layers); build it without features_only")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,9 +36,22 @@ def register_model(name: str, builder: Callable[..., nn.Module], **defaults) -> 
     _REGISTRY[name] = (builder, defaults)
 
 
-def list_models(pattern: str | None = None) -> list[str]:
-    names = sorted(_REGISTRY)
-    return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+def list_models(pattern: str | None = None, pretrained: bool = False, task: str | None = None,
+                exclude_filters: str | list[str] = ()) -> list[str]:
+    """Registered names matching the shell-style `pattern`: every model (classifiers, detectors,
+    segmenters) unless `task` names one ("classification", ...); with pretrained=True the
+    published weights' "name.tag" instead (`registry_weights`). `exclude_filters` drops names
+    matching any of its patterns, as in timm."""
+    if pretrained:
+        from .registry_weights import WEIGHTS  # data only; its accuracy sits with each tag
+        names = sorted(w.name for w in WEIGHTS)
+    else:
+        names = sorted(_REGISTRY)
+    if task is not None:
+        names = [n for n in names if model_task(n.split(".")[0]) == task]
+    excluded = [exclude_filters] if isinstance(exclude_filters, str) else list(exclude_filters)
+    return [n for n in names if (not pattern or fnmatch.fnmatch(n, pattern))
+            and not any(fnmatch.fnmatch(n, x) for x in excluded)]
 
 
 def model_defaults(name: str) -> dict:
@@ -235,16 +66,27 @@ def model_task(name: str) -> str:
 
 def _get(name: str):
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
+        close = difflib.get_close_matches(name, [*_REGISTRY, *TIMM_NAMES], n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see `mobilenets models`"
         raise MobileNetsError(f"unknown model {name!r}{hint}")
     return _REGISTRY[name]
 
 
-def create_model(name: str, pretrained: str | os.PathLike | None = None, **kwargs) -> nn.Module:
+# Set by `pretrained` (which builds on this module): loads the published weights of a registry tag.
+PRETRAINED_LOADER: list[Callable[..., nn.Module]] = []
+
+
+def create_model(name: str, pretrained: str | os.PathLike | bool | None = None, **kwargs) -> nn.Module:
     """Build a registered model. `pretrained` is a weights file or an http(s) URL of one (see
     `mobilenets.models.weights`); the options it was saved with (e.g. TF padding) fill in any the name
-    and `kwargs` leave open."""
+    and `kwargs` leave open. pretrained=True, a tag ("name.tag", or pretrained="tag") or
+    "hf-hub:repo" load published ImageNet weights (`mobilenets.models.pretrained`)."""
+    if name in TIMM_NAMES:
+        return _create_timm_named(name, pretrained, kwargs)
+    if PRETRAINED_LOADER and (pretrained is True or "." in name or (
+            isinstance(pretrained, str) and not os.path.exists(pretrained) and not is_url(pretrained)
+            and (pretrained.startswith("hf-hub:") or os.sep not in pretrained and "." not in pretrained))):
+        return PRETRAINED_LOADER[0](name, pretrained, kwargs)
     builder, defaults = _get(name)
     params = _check_options(name, kwargs)
     if not pretrained:
@@ -256,6 +98,16 @@ def create_model(name: str, pretrained: str | os.PathLike | None = None, **kwarg
                        from_file=set(saved) - set(kwargs))
     _apply_weights(model, state, meta, str(pretrained))
     return model
+
+
+def _create_timm_named(name: str, pretrained, kwargs: dict) -> nn.Module:
+    """A timm model name: ours with timm's options; pretrained=True takes timm's own weights."""
+    ours, options = TIMM_NAMES[name]
+    if pretrained is True:
+        from .registry_weights import WEIGHTS  # data only
+        pretrained = next((f"hf-hub:{w.hf_hub_id}" for w in WEIGHTS
+                           if w.hf_hub_id and w.hf_hub_id.startswith(f"timm/{name}.")), True)
+    return create_model(ours, pretrained, **{**options, **kwargs})
 
 
 def _check_options(name: str, kwargs: dict, source: str = "") -> set[str]:
@@ -331,7 +183,8 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
               fixed_stem: bool = False, resolution: int = 224, feature_location: str = "bottleneck",
               keep_last_conv: bool = False, head_channels: int | None = None, reduced_tail: bool = False,
               full_conv: bool = False, shallow: bool = False, last_stage: str = "efficient",
-              hswish_from: int | None = None, channel_plan: dict | None = None,
+              hswish_from: int | None = None, global_pool: str = "avg",
+              drop_path_rate: float = 0.0, channel_plan: dict | None = None,
               blocks: list | None = None) -> MobileNet:
     """Build a MobileNet of `family` with the given options (see `specs.build_arch`; the
     features_only options in `MobileNet` and `feature_levels`).
@@ -340,6 +193,8 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
     bn_eps, bn_momentum: None takes the family's (`tables.BN_DEFAULTS`; eps 1e-3 with "same").
     resolution: the input size the model is meant for, recorded in `pretrained_cfg` (V4's
     reference weights are trained at 224, 256 or 384 px).
+    global_pool: "avg", "max", "avgmax" or "" (see `network.MobileNet`); drop_path_rate:
+    stochastic depth, rising linearly over the blocks with a shortcut.
     channel_plan: an explicit width for every layer (`plan.check_plan`), applied after all the
     other options.
     """
@@ -367,9 +222,8 @@ def mobilenet(family: str, width_mult: float = 1.0, num_classes: int = 1000, in_
     bn = bn_defaults(family)   # both checked > 0 above, so `or` only replaces None
     bn_eps, bn_momentum = bn_eps or (1e-3 if padding == "same" else bn.eps), bn_momentum or bn.momentum
     model = MobileNet(arch, num_classes, in_chans, features_only, out_indices, padding, bn_eps,
-                      bn_momentum, feature_location, keep_last_conv)
-    model.pretrained_cfg = dict(resolution=resolution, crop_pct=0.875, mean=IMAGENET_MEAN,
-                                std=IMAGENET_STD, in_chans=in_chans, interpolation="bilinear")
+                      bn_momentum, feature_location, keep_last_conv, global_pool, drop_path_rate)
+    model.pretrained_cfg = model_cfg(model, resolution, in_chans, num_classes, IMAGENET_MEAN, IMAGENET_STD)
     return model
 
 
@@ -464,7 +318,8 @@ def load_pretrained(model: torch.nn.Module, path: str | os.PathLike) -> dict:
 def _apply_weights(model: nn.Module, state: dict, meta: dict, source: str) -> None:
     load_state_into(model, state, source)
     if "preprocessing" in meta:
-        model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **meta["preprocessing"]}
+        model.pretrained_cfg = with_input_size({**getattr(model, "pretrained_cfg", {}),
+                                                **meta["preprocessing"]})
     if "classes" in meta:
         model.classes = meta["classes"]
 

@@ -150,7 +150,8 @@ class Run:
         # Architecture options (e.g. proj_act) go into the model's kwargs, so the weights files
         # name a base model plus options and load in any process, not a process-local variant.
         self.kwargs = {**cfg["model_options"], **task.model_kwargs(cfg)}
-        model = create_model(cfg["model"], **self.kwargs)
+        # Published weights start a fresh run only; a resumed one loads its own checkpoint.
+        model = create_model(cfg["model"], pretrained=cfg["pretrained"] if fresh else None, **self.kwargs)
         if cfg["backbone"] and fresh:
             got = load_backbone(model, cfg["backbone"])
             if self.ctx.main:

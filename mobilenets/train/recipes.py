@@ -34,7 +34,7 @@ CLASSIFICATION_ONLY = ("small_input", "label_smoothing", "hflip", "scale", "crop
                        "auto_augment", "eval_flip")
 DEFAULTS = {
     "task": None, "model": "mobilenet_v2", "width_mult": None, "small_input": False, "in_chans": None,
-    "dropout": None, "model_options": {}, "backbone": None, "resolution": None, "data": "fashion-mnist",
+    "dropout": None, "model_options": {}, "backbone": None, "pretrained": None, "resolution": None, "data": "fashion-mnist",
     "data_dir": None,
     "val_fraction": None, "workers": 0, "seed": 0, "epochs": 20, "batch_size": 128,
     "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "rmsprop_decay": 0.9,
@@ -127,6 +127,9 @@ def validate(cfg: dict) -> dict:
     need("eval_flip", isinstance(cfg["eval_flip"], bool), "true or false")
     need("backbone", cfg["backbone"] is None or isinstance(cfg["backbone"], str),
          "a weights file whose stem/blocks/last_conv start the model")
+    need("pretrained", cfg["pretrained"] is None or cfg["pretrained"] is True
+         or isinstance(cfg["pretrained"], str),
+         "true (the model's default published weights) or a tag, e.g. IMAGENET1K_V1")
     opts = cfg["model_options"]
     need("model_options", isinstance(opts, dict) and all(isinstance(k, str) for k in opts),
          'a JSON object of create_model options, e.g. {"proj_act": "relu6"}')
