@@ -1,5 +1,5 @@
 """Verbs that turn a trained model into something that runs elsewhere: `export`, `quantize`,
-`bench`, `predict`."""
+`bench`, `predict`, `verify`."""
 from __future__ import annotations
 
 import json
@@ -15,6 +15,7 @@ from ..deploy.predict import Predictor, predict_image
 from ..deploy.mobile import describe_delegation
 from ..deploy.quantize import CALIBRATION_METHODS, quantize_checkpoint, quantize_pte_checkpoint
 from ..deploy.task_export import export_onnx
+from ..deploy.verify import describe, verify_file
 from ..core.errors import MobileNetsError
 from ..core.io import atomic_write_text
 from ..models.weights import task_of
@@ -76,6 +77,23 @@ def add_commands(sub) -> None:
                                                "for IMAGE_pred.png files (default: the current folder)")
     p.add_argument("--min-score", type=float, default=0.3, help="detector: the lowest score shown")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("verify", help="what each model file is and whether its content matches "
+                                       "the checksum it records (exit 1 if any does not)")
+    p.add_argument("files", nargs="+", help="model files: .safetensors, .onnx, .ts, .pt2, .pte, .tflite")
+    p.add_argument("--json", action="store_true", help="print one JSON list")
+    p.set_defaults(func=_cmd_verify)
+
+
+def _cmd_verify(args) -> int:
+    reports = []
+    for file in args.files:
+        reports.append(verify_file(file))
+        if not args.json:
+            print(describe(reports[-1]), flush=True)
+    if args.json:
+        print(json.dumps(reports))
+    return 0 if all(r["ok"] for r in reports) else 1
 
 
 def _cmd_export(args) -> int:

@@ -36,6 +36,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from ..core.checksum import check_flat, seal_file, with_placeholder
 from ..core.errors import MobileNetsError
 from ..core.io import atomic_path
 
@@ -64,10 +65,13 @@ def save_weights(path: str | os.PathLike, model: torch.nn.Module, metadata: dict
 
 
 def write_weights(path: str | os.PathLike, state: dict[str, torch.Tensor], metadata: dict) -> None:
-    """Write a state dict and metadata (JSON values) atomically, e.g. as `load_weights` read them."""
+    """Write a state dict and metadata (JSON values) atomically, e.g. as `load_weights` read them,
+    with the file's checksum (core/checksum.py; any checksum in `metadata` is replaced)."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
+        save_file(tensors, str(tmp),
+                  metadata={k: json.dumps(v) for k, v in with_placeholder(metadata).items()})
+        seal_file(tmp)
 
 
 def load_weights(ref: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
@@ -95,12 +99,15 @@ def load_weights(ref: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]
 def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     if not path.is_file():
         raise MobileNetsError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise MobileNetsError(f"{path}: is empty (0 bytes)")
     with open(path, "rb") as f:
         head = f.read(9)
     # safetensors: an 8-byte little-endian header length, then the JSON header. That length's
     # first byte can be 0x80 too, so the '{' at byte 8 decides before the pickle/zip sniffing.
     if head[8:9] != b"{" and (head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"):
         return read_torch_checkpoint(path)
+    check_flat(path)
     try:
         state = load_file(str(path))
         with safe_open(str(path), "pt") as f:
