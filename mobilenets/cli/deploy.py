@@ -17,7 +17,7 @@ from ..deploy.quantize import CALIBRATION_METHODS, quantize_checkpoint, quantize
 from ..deploy.task_export import export_onnx
 from ..deploy.verify import describe, verify_file
 from ..core.errors import MobileNetsError
-from ..core.io import atomic_write_text
+from ..core.io import atomic_write_text, check_writable
 from ..models.weights import task_of
 from .common import add_model_options, model_kwargs
 
@@ -166,6 +166,8 @@ def _cmd_bench(args) -> int:
     backends = [b for b in args.backends.split(",") if b]
     vs = [v for v in args.vs.split(",") if v]
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    if args.out:
+        check_writable(args.out)   # before the minutes of measuring
     rows, machine = run_bench(args.model, tuple(args.batch), backends, vs, args.threads,
                               args.repeats, resolution=args.resolution, log=log)
     if args.out:

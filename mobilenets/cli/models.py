@@ -76,7 +76,8 @@ def _cmd_models(args) -> int:
 
 def _cmd_profile(args) -> int:
     model = create_model(args.model, **model_kwargs(args))
-    resolution = args.resolution or getattr(model, "pretrained_cfg", {}).get("resolution", 224)
+    resolution = (args.resolution if args.resolution is not None
+                  else getattr(model, "pretrained_cfg", {}).get("resolution", 224))
     check_resolution(model, resolution)
     r = profile(model, resolution)
     if args.json:

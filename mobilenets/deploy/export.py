@@ -183,7 +183,11 @@ def load_pt2(path) -> tuple[torch.nn.Module, str]:
         with open(path, "rb") as f, _quiet_loggers("torch._export", "torch.export"):
             program = torch.export.load(f, extra_files=extra)
     except Exception as e:  # torch.export's deserializer raises many types for a damaged archive
-        raise MobileNetsError(f"{path}: not a readable torch.export file ({str(e).splitlines()[0][:100]})") from None
+        while e.__cause__ is not None or e.__context__ is not None:   # its own words, not the wrapper's
+            e = e.__cause__ or e.__context__
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise MobileNetsError(f"{path}: not a readable torch.export file ({type(e).__name__}"
+                              f"{': ' + first if first else ''})") from None
     return program.module(), extra[METADATA_KEY]
 
 

@@ -307,6 +307,16 @@ def _short(value, limit: int = 60) -> str:
 
 
 BACKBONE_MODULES = ("stem", "blocks", "last_conv")
+# A backbone that fills less than this share of a model's backbone tensors is another variant
+# or width whose names happen to meet (V2's first blocks in a V4), not a start.
+MIN_BACKBONE_SHARE = 0.5
+_FAMILY = re.compile(r"mobilenet_v\d")
+
+
+def _family(name: str) -> str | None:
+    """"mobilenet_v2" for mobilenet_v2_100, deeplabv3_mobilenet_v2, ...; None if unnamed."""
+    found = _FAMILY.search(name)
+    return found.group(0) if found else None
 
 
 def upgrade_state(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -395,7 +405,11 @@ def load_backbone(model: torch.nn.Module, path: str | os.PathLike) -> dict:
     (`adapt_input_channels`). Returns {"loaded", "backbone_tensors", "adapted", "skipped"}:
     what was copied, how many backbone tensors `model` has, the names whose input channels were
     adapted, and the names whose shapes differ otherwise."""
-    state, _ = load_weights(path)
+    state, meta = load_weights(path)
+    mine, theirs = getattr(model, "model_name", "the model"), meta.get("model")
+    if isinstance(theirs, str) and _family(theirs) and _family(mine) and _family(theirs) != _family(mine):
+        raise MobileNetsError(f"{path}: a {theirs} backbone cannot start {mine}: another MobileNet "
+                              f"family ({_family(theirs)} vs {_family(mine)})")
     state = upgrade_state(state, model)
     own = model.state_dict()
     # BN's step counters are scalars that fit anything and carry nothing across
@@ -415,6 +429,10 @@ def load_backbone(model: torch.nn.Module, path: str | os.PathLike) -> dict:
         if theirs.shape[0] == mine.shape[0] and theirs.shape[2:] == mine.shape[2:] and weight is not None:
             fits[first] = weight
             adapted.append(first)
+    if len(fits) < MIN_BACKBONE_SHARE * len(ours):
+        raise MobileNetsError(f"{path}: its {theirs or 'model'} backbone fills only {len(fits)} of "
+                              f"{mine}'s {len(ours)} backbone tensors (allowed: at least "
+                              f"{MIN_BACKBONE_SHARE:.0%}); is it the same width and variant?")
     model.load_state_dict(fits, strict=False)
     return {"loaded": len(fits), "backbone_tensors": len(ours), "adapted": adapted,
             "skipped": [k for k in shared if k not in fits]}
