@@ -41,6 +41,10 @@ UNHASHED_MEMBERS = (".data/serialization_id",)
 _CHUNK = 1 << 20
 
 
+class ChecksumMismatch(MobileNetsError):
+    """A file whose content does not hash to the checksum its metadata records."""
+
+
 def with_placeholder(meta: dict) -> dict:
     """`meta` with the checksum field a writer fills in after the file is written."""
     return {**{k: v for k, v in meta.items() if k != CHECKSUM_KEY}, CHECKSUM_KEY: PLACEHOLDER}
@@ -56,6 +60,14 @@ def _hash_with_zeros(data, at: int) -> str:
     h.update(b"0" * 64)
     h.update(data[at + 64:])
     return h.hexdigest()
+
+
+def _refuse_damaged_field(data, path) -> None:
+    """A file whose metadata names a checksum but holds no readable value was damaged there;
+    read as a file from before checksums, it would load unchecked."""
+    if data.find(f'"{CHECKSUM_KEY}"'.encode()) >= 0:
+        raise ChecksumMismatch(f"{path}: its checksum field is damaged (no {ALGORITHM} value after "
+                               f"the {CHECKSUM_KEY!r} key); the file is damaged")
 
 
 def seal_file(path: str | os.PathLike) -> str:
@@ -81,6 +93,7 @@ def flat_digest(path: str | os.PathLike) -> tuple[str, str] | None:
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
         found = _digits_at(data)
         if not found:
+            _refuse_damaged_field(data, path)
             return None
         if len({digits for _, digits in found}) > 1:
             raise MobileNetsError(f"{path}: records {len(found)} different checksums; a mobilenets "
@@ -142,7 +155,9 @@ def zip_digest(path: str | os.PathLike, metadata_member: str,
                 if name.endswith(metadata_member) and name.rsplit("/", 1)[-1] == metadata_member:
                     text = data
                     found = _digits_at(data)
-                    if found:
+                    if not found:
+                        _refuse_damaged_field(data, path)
+                    else:
                         recorded = found[0][1]
                         at = found[0][0]
                         data = data[:at] + b"0" * 64 + data[at + 64:]
@@ -151,10 +166,6 @@ def zip_digest(path: str | os.PathLike, metadata_member: str,
         except (OSError, struct.error, ValueError) as e:
             raise MobileNetsError(f"{path}: not a readable {what} ({type(e).__name__})") from None
     return recorded, h.hexdigest(), text
-
-
-class ChecksumMismatch(MobileNetsError):
-    """A file whose content does not hash to the checksum its metadata records."""
 
 
 def mismatch(path, recorded: str, actual: str) -> ChecksumMismatch:

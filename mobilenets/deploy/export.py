@@ -186,6 +186,8 @@ def load_pt2(path) -> tuple[torch.nn.Module, str]:
         while e.__cause__ is not None or e.__context__ is not None:   # its own words, not the wrapper's
             e = e.__cause__ or e.__context__
         first = (str(e).strip().splitlines() or [""])[0][:160]
+        if "warnings above" in first:   # the warnings it points at are the silenced log
+            first = "a zip archive whose members do not deserialize as an ExportedProgram"
         raise MobileNetsError(f"{path}: not a readable torch.export file ({type(e).__name__}"
                               f"{': ' + first if first else ''})") from None
     return program.module(), extra[METADATA_KEY]

@@ -59,16 +59,19 @@ def tflite_metadata(path) -> dict:
         raise MobileNetsError(f"{path}: is empty (0 bytes)")
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise MobileNetsError(f"{path}: not a TFLite flatbuffer (no TFL3 identifier)")
-    check_flat(path)   # before the flatbuffer is unpacked or the interpreter reads it
+    text = None
     try:
         tree = schema.ModelT.InitFromPackedBuf(data, 0)
         for entry in tree.metadata or []:
             name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
             if name == METADATA_KEY:
-                return parse_meta(np.asarray(tree.buffers[entry.buffer].data, np.uint8).tobytes(), path)
+                text = np.asarray(tree.buffers[entry.buffer].data, np.uint8).tobytes()
+                break
     except (IndexError, struct.error, AttributeError, ValueError, TypeError, UnicodeDecodeError) as e:
         raise MobileNetsError(f"{path}: not a readable TFLite file ({first_line(e)})") from e
-    return parse_meta(None, path)
+    meta = parse_meta(text, path)
+    check_flat(path)   # before the interpreter reads it
+    return meta
 
 
 class TFLiteBackend:

@@ -107,12 +107,16 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     # first byte can be 0x80 too, so the '{' at byte 8 decides before the pickle/zip sniffing.
     if head[8:9] != b"{" and (head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"):
         return read_torch_checkpoint(path)
-    check_flat(path)
     try:
-        state = load_file(str(path))
+        # The header first: safetensors checks it and the file's length (a copy cut short)
+        # there, which says more than the checksum of what is left would.
         with safe_open(str(path), "pt") as f:
             raw = f.metadata() or {}
+        check_flat(path)
+        state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
+        if isinstance(e, MobileNetsError):
+            raise
         raise MobileNetsError(f"{path}: not a safetensors file nor a torch checkpoint "
                               f"({str(e).splitlines()[0]})") from e
     return state, _decode_metadata(raw)
