@@ -1,5 +1,5 @@
 """Verbs that turn a trained model into something that runs elsewhere: `export`, `quantize`,
-`bench`, `predict`."""
+`bench`, `predict`, `verify`."""
 from __future__ import annotations
 
 import json
@@ -15,8 +15,9 @@ from ..deploy.predict import Predictor, predict_image
 from ..deploy.mobile import describe_delegation
 from ..deploy.quantize import CALIBRATION_METHODS, quantize_checkpoint, quantize_pte_checkpoint
 from ..deploy.task_export import export_onnx
+from ..deploy.verify import describe, verify_file
 from ..core.errors import MobileNetsError
-from ..core.io import atomic_write_text
+from ..core.io import atomic_write_text, check_writable
 from ..models.weights import task_of
 from .common import add_model_options, model_kwargs
 
@@ -76,6 +77,23 @@ def add_commands(sub) -> None:
                                                "for IMAGE_pred.png files (default: the current folder)")
     p.add_argument("--min-score", type=float, default=0.3, help="detector: the lowest score shown")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("verify", help="what each model file is and whether its content matches "
+                                       "the checksum it records (exit 1 if any does not)")
+    p.add_argument("files", nargs="+", help="model files: .safetensors, .onnx, .ts, .pt2, .pte, .tflite")
+    p.add_argument("--json", action="store_true", help="print one JSON list")
+    p.set_defaults(func=_cmd_verify)
+
+
+def _cmd_verify(args) -> int:
+    reports = []
+    for file in args.files:
+        reports.append(verify_file(file))
+        if not args.json:
+            print(describe(reports[-1]), flush=True)
+    if args.json:
+        print(json.dumps(reports))
+    return 0 if all(r["ok"] for r in reports) else 1
 
 
 def _cmd_export(args) -> int:
@@ -148,6 +166,8 @@ def _cmd_bench(args) -> int:
     backends = [b for b in args.backends.split(",") if b]
     vs = [v for v in args.vs.split(",") if v]
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    if args.out:
+        check_writable(args.out)   # before the minutes of measuring
     rows, machine = run_bench(args.model, tuple(args.batch), backends, vs, args.threads,
                               args.repeats, resolution=args.resolution, log=log)
     if args.out:

@@ -103,7 +103,8 @@ def _cmd_profile(args) -> int:
         model, _ = load_model(args.model, **model_kwargs(args))
     else:
         model = create_model(args.model, **model_kwargs(args))
-    resolution = args.resolution or getattr(model, "pretrained_cfg", {}).get("resolution", 224)
+    resolution = (args.resolution if args.resolution is not None
+                  else getattr(model, "pretrained_cfg", {}).get("resolution", 224))
     check_resolution(model, resolution)
     r = profile(model, resolution)
     if args.json:

@@ -90,6 +90,12 @@ def add_commands(sub) -> None:
 def _cmd_train(args) -> int:
     if not args.out and not args.resume:
         raise MobileNetsError("train needs --out DIR (or --resume DIR)")
+    if args.resume and (args.recipe or args.set):
+        given = " ".join(([f"--recipe {args.recipe}"] if args.recipe else [])
+                         + [f"--set {kv}" for kv in args.set])
+        raise MobileNetsError(f"--resume {args.resume} continues with the run's own recorded recipe; "
+                              f"{given} would change it mid-run and is refused; start a new run "
+                              "with --out (and --backbone or --model) for another recipe")
     explicit = {key: getattr(args, attr) for key, attr in NAMED_FLAGS.items()
                 if getattr(args, attr) is not None}
     if args.resume and not args.recipe:

@@ -9,6 +9,8 @@ import re
 import tempfile
 from pathlib import Path
 
+from .errors import MobileNetsError
+
 # What atomic_path names its temporary files: ".NAME." + mkstemp's 8 random characters + ".tmp".
 TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
@@ -49,6 +51,28 @@ def atomic_path(path: str | os.PathLike):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Refuse, before any work, an output path that cannot be written: a folder, a parent that
+    is a file, or a folder without write permission (tried with a real temporary file, since
+    permission bits do not tell about read-only mounts or ACLs). Creates missing parent folders
+    as `atomic_path` would."""
+    path = Path(path)
+    if path.is_dir():
+        raise MobileNetsError(f"{path}: is a folder; expected an output file name")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise MobileNetsError(f"{path}: cannot be written ({blocking} is a file, not a folder)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise MobileNetsError(f"{path}: cannot be written ({e.strerror or type(e).__name__} "
+                              f"in {path.parent})") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

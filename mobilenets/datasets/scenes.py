@@ -122,6 +122,11 @@ def _save_image(path: Path, image: Image.Image, **kw) -> None:
         image.save(tmp, format=path.suffix.lstrip(".").upper().replace("JPG", "JPEG"), **kw)
 
 
+# The largest canvas side: 28 px items on a canvas this size are already specks, and each side
+# doubling quadruples what every image and mask of the set takes.
+MAX_SCENE_SIZE = 2048
+
+
 def write_scenes(out: str | os.PathLike, train: int = 4000, val: int = 500, size: int = 128,
                  seed: int = 0, data_dir: str | None = None, progress: bool = True) -> dict:
     """Write `out`/coco/{images/<split>/, annotations/instances_<split>.json} and
@@ -131,7 +136,12 @@ def write_scenes(out: str | os.PathLike, train: int = 4000, val: int = 500, size
     for key, value, low in (("train", train, 0), ("val", val, 0), ("size", size, 32)):
         if not isinstance(value, int) or value < low:
             raise MobileNetsError(f"{key}={value!r} is out of range; allowed: integer >= {low}")
+    if size > MAX_SCENE_SIZE:
+        raise MobileNetsError(f"size={size!r} is out of range; allowed: integer in "
+                              f"[32, {MAX_SCENE_SIZE}]")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MobileNetsError(f"{out}: is a file; expected the folder to write coco/ and voc/ into")
     coco, voc = out / "coco", out / "voc"
     categories = [{"id": i + 1, "name": name, "supercategory": "fashion"} for i, name in enumerate(CLASSES)]
     atomic_write_text(voc / "classes.txt", "\n".join(("background", *CLASSES)) + "\n")

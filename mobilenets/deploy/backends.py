@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..core.checksum import ChecksumMismatch
 from ..core.errors import MobileNetsError
 from .export import (INPUT_NAME, _parse_meta, export_metadata, load_pt2, load_torchscript,
                      onnx_metadata, ort_session)
@@ -79,6 +80,8 @@ class TorchScriptBackend:
     def __init__(self, path: Path, threads: int | None = None):
         try:
             self.module, text = load_torchscript(path)
+        except ChecksumMismatch:
+            raise
         except MobileNetsError as e:
             if is_training_checkpoint(path):
                 raise MobileNetsError(

@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..core.checksum import check_flat, seal_file, with_placeholder
 from ..core.errors import MobileNetsError
-from ..core.io import atomic_path
+from ..core.io import atomic_path, check_writable
 from .fuse import prepare_for_inference
 from .metadata import export_metadata, parse_meta
 from .mobile import first_line, require
@@ -118,14 +119,16 @@ def delegation(edge) -> dict:
 
 
 def _save(edge, path: Path) -> None:
+    """Write the program; its metadata method holds the checksum placeholder, filled in here."""
     et = edge.to_executorch()
     with open(path, "wb") as f:
         et.write_to_file(f)
+    seal_file(path)
 
 
 def write_pte(fused: nn.Module, tmp: Path, info: dict, x: torch.Tensor) -> dict:
     """Write the fp32 .pte of an inference-form model to `tmp`; returns its delegation summary."""
-    meta = {**info, "executorch": dict(PTE_DELEGATE)}
+    meta = with_placeholder({**info, "executorch": dict(PTE_DELEGATE)})
     edge = lower_to_xnnpack(_export_program(xnnpack_ready(fused), x), meta)
     report = delegation(edge)
     _save(edge, tmp)
@@ -177,7 +180,7 @@ def quantize_pte(model: nn.Module, meta: dict | None, out: str | os.PathLike,
     if list(calibration.shape[1:]) != info["input_shape"]:
         raise MobileNetsError(f"calibration images are {list(calibration.shape[1:])}, "
                               f"{info['model']} takes {info['input_shape']}")
-    out = Path(out)
+    out = check_writable(out)
     info["executorch"] = dict(PTE_DELEGATE)
     info["quantization"] = {"engine": "executorch-xnnpack", "format": "PT2E",
                             "weights": "int8 symmetric per-channel",
@@ -188,7 +191,7 @@ def quantize_pte(model: nn.Module, meta: dict | None, out: str | os.PathLike,
         try:
             program = _export_program(fused, calibration)
             quantized = _pt2e_int8(program, calibration)
-            edge = lower_to_xnnpack(_export_program(quantized, calibration), info)
+            edge = lower_to_xnnpack(_export_program(quantized, calibration), with_placeholder(info))
             report = delegation(edge)
             _save(edge, tmp)
             got = ExecuTorchBackend(tmp).logits(calibration)
@@ -254,7 +257,10 @@ class ExecuTorchBackend:
     def __init__(self, path: Path, threads: int | None = None):
         runtime = require("executorch.runtime", f"{path}: running an ExecuTorch program")
         path = Path(path)
+        if path.is_file() and path.stat().st_size == 0:
+            raise MobileNetsError(f"{path}: is empty (0 bytes)")
         _check_pte_header(path)
+        check_flat(path)   # before the runtime parses a byte of it
         self.threads = set_executorch_threads(threads)
         try:
             program = runtime.Runtime.get().load_program(str(path))

@@ -10,8 +10,10 @@ export or check leaves no file behind.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -19,9 +21,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..core.checksum import check_flat, check_zip, seal_file, seal_zip, with_placeholder
 from ..core.errors import MobileNetsError
 from .fuse import prepare_for_inference
-from ..core.io import atomic_path
+from ..core.io import atomic_path, check_writable
 from ..models.mobilenet import create_model, list_models
 from ..models.mobilenet import load_model
 from .metadata import METADATA_KEY, export_metadata, preprocessing_of  # noqa: F401  (re-exported)
@@ -95,14 +98,23 @@ class ExportReference:
 
 
 def onnx_metadata(path: str | os.PathLike) -> dict:
+    """The mobilenets metadata of an .onnx file, after its checksum (if recorded) is checked."""
     import onnx
+    _refuse_empty(path)
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # onnx raises DecodeError, OSError, ... for a bad file
         raise MobileNetsError(f"{path}: not a readable ONNX file ({type(e).__name__})") from e
     _check_external_data(proto, Path(path))
     props = {p.key: p.value for p in proto.metadata_props}
-    return _parse_meta(props.get(METADATA_KEY), path)
+    meta = _parse_meta(props.get(METADATA_KEY), path)
+    check_flat(path)
+    return meta
+
+
+def _refuse_empty(path) -> None:
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        raise MobileNetsError(f"{path}: is empty (0 bytes)")
 
 
 def _check_external_data(proto, path: Path) -> None:
@@ -133,7 +145,25 @@ def _tensors(graph):
                 yield from _tensors(sub)
 
 
+@contextlib.contextmanager
+def _quiet_loggers(*names: str):
+    """Silence loggers that print a whole traceback before the exception they log is raised
+    (torch.export's deserializer); the exception itself becomes one line."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def load_torchscript(path) -> tuple[torch.nn.Module, str]:
+    """(module, metadata text) of a TorchScript file, after its checksum (if recorded) is
+    checked on the archive's members, before TorchScript reads it."""
+    check_zip(path, METADATA_KEY, "TorchScript file")
     extra = {METADATA_KEY: ""}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -145,12 +175,21 @@ def load_torchscript(path) -> tuple[torch.nn.Module, str]:
 
 
 def load_pt2(path) -> tuple[torch.nn.Module, str]:
+    """(module, metadata text) of a torch.export file, after its checksum (if recorded) is
+    checked; an empty, cut-short or non-zip file is refused before torch.export reads it."""
+    check_zip(path, METADATA_KEY, "torch.export file")
     extra = {METADATA_KEY: ""}
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb") as f, _quiet_loggers("torch._export", "torch.export"):
             program = torch.export.load(f, extra_files=extra)
-    except (RuntimeError, ValueError, KeyError, OSError) as e:
-        raise MobileNetsError(f"{path}: not a readable torch.export file ({str(e).splitlines()[0][:100]})") from None
+    except Exception as e:  # torch.export's deserializer raises many types for a damaged archive
+        while e.__cause__ is not None or e.__context__ is not None:   # its own words, not the wrapper's
+            e = e.__cause__ or e.__context__
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        if "warnings above" in first:   # the warnings it points at are the silenced log
+            first = "a zip archive whose members do not deserialize as an ExportedProgram"
+        raise MobileNetsError(f"{path}: not a readable torch.export file ({type(e).__name__}"
+                              f"{': ' + first if first else ''})") from None
     return program.module(), extra[METADATA_KEY]
 
 
@@ -161,8 +200,9 @@ def write_onnx(model: nn.Module, path: Path, meta: dict, x: torch.Tensor) -> tor
                                 output_names=[OUTPUT_NAME], dynamic_shapes={"x": {0: batch}},
                                 external_data=False, verbose=False)
     proto = program.model_proto
-    onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(meta)})
+    onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(with_placeholder(meta))})
     onnx.save(proto, str(path))
+    seal_file(path)
     return proto
 
 
@@ -200,6 +240,7 @@ def export(model: nn.Module, path: str | os.PathLike, fmt: str, meta: dict | Non
     if fmt in MOBILE_FORMATS:   # before anything is written: one line without the extra
         require("executorch.exir" if fmt == "executorch" else "litert_torch",
                 f"{path}: {'ExecuTorch' if fmt == 'executorch' else 'LiteRT'} export")
+    check_writable(path)
     info = export_metadata(model, meta)
     fused = prepare_for_inference(model, channels_last=fmt not in ("onnx",) + MOBILE_FORMATS)
     x = example_input(info, batch=2)
@@ -231,7 +272,8 @@ def export(model: nn.Module, path: str | os.PathLike, fmt: str, meta: dict | Non
                     warnings.simplefilter("ignore", FutureWarning)
                     traced = torch.jit.trace(fused, (x,), check_trace=False)
                     traced = torch.jit.freeze(traced.eval())
-                    torch.jit.save(traced, str(tmp), _extra_files={METADATA_KEY: json.dumps(info)})
+                    seal_zip(tmp, lambda m: torch.jit.save(
+                        traced, str(tmp), _extra_files={METADATA_KEY: json.dumps(m)}), info, METADATA_KEY)
                 if check:
                     with torch.inference_mode():
                         got = load_torchscript(tmp)[0](x3)
@@ -240,8 +282,10 @@ def export(model: nn.Module, path: str | os.PathLike, fmt: str, meta: dict | Non
                 batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
                 program = torch.export.export(fused, (x,), dynamic_shapes=({0: batch},))
                 # A file object: torch.export insists on a .pt2 name, which the temp file lacks.
-                with open(tmp, "wb") as f:
-                    torch.export.save(program, f, extra_files={METADATA_KEY: json.dumps(info)})
+                def write_pt2(m: dict) -> None:
+                    with open(tmp, "wb") as f:
+                        torch.export.save(program, f, extra_files={METADATA_KEY: json.dumps(m)})
+                seal_zip(tmp, write_pt2, info, METADATA_KEY)
                 if check:
                     with open(tmp, "rb") as f, torch.inference_mode():
                         got = torch.export.load(f).module()(x3)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..core.checksum import check_flat, seal_file, with_placeholder
 from ..core.errors import MobileNetsError
 from .metadata import METADATA_KEY, parse_meta
 from .mobile import first_line, require
@@ -36,7 +37,7 @@ def write_tflite(fused: nn.Module, tmp: Path, info: dict, x: torch.Tensor) -> No
         raise MobileNetsError(f"{tmp}: the converter stored weights outside the flatbuffer; "
                               "cannot add metadata")
     buf = schema.BufferT()
-    buf.data = np.frombuffer(json.dumps({**info, "batch": 1}).encode(), np.uint8)
+    buf.data = np.frombuffer(json.dumps(with_placeholder({**info, "batch": 1})).encode(), np.uint8)
     tree.buffers.append(buf)
     entry = schema.MetadataT()
     entry.name, entry.buffer = METADATA_KEY, len(tree.buffers) - 1
@@ -44,6 +45,7 @@ def write_tflite(fused: nn.Module, tmp: Path, info: dict, x: torch.Tensor) -> No
     builder = flatbuffers.Builder(1 << 20)
     builder.Finish(tree.Pack(builder), file_identifier=b"TFL3")
     Path(tmp).write_bytes(bytes(builder.Output()))
+    seal_file(tmp)
 
 
 def tflite_metadata(path) -> dict:
@@ -53,17 +55,23 @@ def tflite_metadata(path) -> dict:
     schema = require("ai_edge_litert.schema_py_generated", "Reading a .tflite file")
     import numpy as np
     data = Path(path).read_bytes()
+    if not data:
+        raise MobileNetsError(f"{path}: is empty (0 bytes)")
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise MobileNetsError(f"{path}: not a TFLite flatbuffer (no TFL3 identifier)")
+    text = None
     try:
         tree = schema.ModelT.InitFromPackedBuf(data, 0)
         for entry in tree.metadata or []:
             name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
             if name == METADATA_KEY:
-                return parse_meta(np.asarray(tree.buffers[entry.buffer].data, np.uint8).tobytes(), path)
+                text = np.asarray(tree.buffers[entry.buffer].data, np.uint8).tobytes()
+                break
     except (IndexError, struct.error, AttributeError, ValueError, TypeError, UnicodeDecodeError) as e:
         raise MobileNetsError(f"{path}: not a readable TFLite file ({first_line(e)})") from e
-    return parse_meta(None, path)
+    meta = parse_meta(text, path)
+    check_flat(path)   # before the interpreter reads it
+    return meta
 
 
 class TFLiteBackend:

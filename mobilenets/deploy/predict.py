@@ -41,6 +41,8 @@ class Predictor:
         self.path = Path(path)
         if not self.path.is_file():
             raise MobileNetsError(f"{self.path}: no such file")
+        if self.path.stat().st_size == 0:
+            raise MobileNetsError(f"{self.path}: is empty (0 bytes)")
         backend = BACKENDS.get(self.path.suffix.lower())
         if backend is None:
             raise MobileNetsError(f"{self.path}: unknown model file type; allowed: "

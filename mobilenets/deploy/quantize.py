@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.checksum import seal_file, with_placeholder
 from ..core.errors import MobileNetsError
 from .export import INPUT_NAME, METADATA_KEY, export, export_metadata, onnx_metadata, ort_session
-from ..core.io import atomic_path
+from ..core.io import atomic_path, check_writable
 from ..datasets.calibration import calibration_set, load_images, preprocessed
 from .qat import finetune
 
@@ -87,7 +88,7 @@ def quantize_onnx(fp32_path: str | os.PathLike, out: str | os.PathLike, calibrat
     if list(calibration.shape[1:]) != meta["input_shape"]:
         raise MobileNetsError(f"calibration images are {list(calibration.shape[1:])}, "
                               f"{fp32_path} takes {meta['input_shape']}")
-    out = Path(out)
+    out = check_writable(out)
     with tempfile.TemporaryDirectory(prefix="mobilenets-quant-") as tmpdir:
         prepped = Path(tmpdir) / "prepped.onnx"
         quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
@@ -109,8 +110,9 @@ def quantize_onnx(fp32_path: str | os.PathLike, out: str | os.PathLike, calibrat
                                      "activations": "uint8 asymmetric", "calibration": method,
                                      "calibration_images": len(calibration), **(extra_meta or {})}}
             del proto.metadata_props[:]
-            onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(meta)})
+            onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(with_placeholder(meta))})
             onnx.save(proto, str(tmp))
+            seal_file(tmp)
     return out
 
 
@@ -130,6 +132,7 @@ def quantize_checkpoint(model: torch.nn.Module, meta: dict, out: str | os.PathLi
                         qat_steps: int = 0) -> dict:
     """fp32 export → [QAT fine-tuning] → calibrated int8 ONNX at `out`; accuracy of both forms on
     the test split when `data` has labels. Returns a summary dict."""
+    check_writable(out)
     pre = export_metadata(model, meta)["preprocessing"]
     calib = calibration_set(data, pre, calib_size)
     summary = {"out": str(out), "calibration_images": len(calib), "method": method}
@@ -160,6 +163,7 @@ def quantize_pte_checkpoint(model: torch.nn.Module, meta: dict, out: str | os.Pa
     from .fuse import prepare_for_inference
     from .mobile import require
     require("executorch.exir", f"{out}: ExecuTorch int8 export")
+    check_writable(out)
     pre = export_metadata(model, meta)["preprocessing"]
     calib = calibration_set(data, pre, calib_size)
     extra = {}

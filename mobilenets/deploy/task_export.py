@@ -19,7 +19,8 @@ from torch import nn
 from ..models.detection import class_scores, decode
 from ..core.errors import MobileNetsError
 from .export import ExportReference
-from ..core.io import atomic_path
+from ..core.checksum import seal_file, with_placeholder
+from ..core.io import atomic_path, check_writable
 
 METADATA_KEY = "mobilenets.json"
 MAX_BATCH = 256
@@ -65,6 +66,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, resolution: int, clas
     (`export.ExportReference`) and a segmenter's per-pixel classes match PyTorch's.
     Returns {"path", "outputs", "max_rel_error", "allowed_rel_error"}."""
     import onnx
+    check_writable(path)
     graph, names = _graph(model, resolution)
     meta = metadata(model, resolution, classes)
     x = torch.randn(2, *meta["input_shape"], generator=torch.Generator().manual_seed(0))
@@ -76,9 +78,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, resolution: int, clas
         expected = graph(x)
     reference = ExportReference(graph, x)
     proto = program.model_proto
-    onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(meta)})
+    onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(with_placeholder(meta))})
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))
+        seal_file(tmp)
         got = run_onnx(tmp, x)
         error = reference.check("ONNX", got if len(got) > 1 else got[0], path)
         compare(model.task, expected if isinstance(expected, tuple) else (expected,), got, path)

@@ -40,6 +40,7 @@ from .layers import LayerScale
 from .mobilenet import IMAGENET_MEAN, IMAGENET_STD, create_model, model_defaults
 from .specs import build_arch
 from .tables import V4_TABLES
+from ..core.io import check_writable
 from .weights import imagenet_classes, load_state_into, load_weights, save_weights
 
 SOURCES = ("torchvision", "timm", "keras")
@@ -436,6 +437,7 @@ def convert_file(source: str, path: str | os.PathLike, out: str | os.PathLike, m
                  tf: bool | None = None, resolution: int | None = None, **model_kwargs) -> dict:
     """Convert and write `out` (safetensors with metadata); returns the metadata written."""
     path = Path(path)
+    check_writable(out)
     model = convert(source, path, model_name, tf=tf, **model_kwargs)
     # The model's own input size unless told: V4's reference weights are 224, 256 or 384 px.
     resolution = resolution or model.pretrained_cfg.get("resolution", 224)

@@ -36,6 +36,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from ..core.checksum import check_flat, seal_file, with_placeholder
 from ..core.errors import MobileNetsError
 from ..core.io import atomic_path
 
@@ -64,10 +65,13 @@ def save_weights(path: str | os.PathLike, model: torch.nn.Module, metadata: dict
 
 
 def write_weights(path: str | os.PathLike, state: dict[str, torch.Tensor], metadata: dict) -> None:
-    """Write a state dict and metadata (JSON values) atomically, e.g. as `load_weights` read them."""
+    """Write a state dict and metadata (JSON values) atomically, e.g. as `load_weights` read them,
+    with the file's checksum (core/checksum.py; any checksum in `metadata` is replaced)."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
+        save_file(tensors, str(tmp),
+                  metadata={k: json.dumps(v) for k, v in with_placeholder(metadata).items()})
+        seal_file(tmp)
 
 
 def load_weights(ref: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
@@ -95,6 +99,8 @@ def load_weights(ref: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]
 def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     if not path.is_file():
         raise MobileNetsError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise MobileNetsError(f"{path}: is empty (0 bytes)")
     with open(path, "rb") as f:
         head = f.read(9)
     # safetensors: an 8-byte little-endian header length, then the JSON header. That length's
@@ -102,10 +108,15 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     if head[8:9] != b"{" and (head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"):
         return read_torch_checkpoint(path)
     try:
-        state = load_file(str(path))
+        # The header first: safetensors checks it and the file's length (a copy cut short)
+        # there, which says more than the checksum of what is left would.
         with safe_open(str(path), "pt") as f:
             raw = f.metadata() or {}
+        check_flat(path)
+        state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
+        if isinstance(e, MobileNetsError):
+            raise
         raise MobileNetsError(f"{path}: not a safetensors file nor a torch checkpoint "
                               f"({str(e).splitlines()[0]})") from e
     return state, _decode_metadata(raw)
@@ -300,6 +311,16 @@ def _short(value, limit: int = 60) -> str:
 
 
 BACKBONE_MODULES = ("stem", "blocks", "last_conv")
+# A backbone that fills less than this share of a model's backbone tensors is another variant
+# or width whose names happen to meet (V2's first blocks in a V4), not a start.
+MIN_BACKBONE_SHARE = 0.5
+_FAMILY = re.compile(r"mobilenet_v\d")
+
+
+def _family(name: str) -> str | None:
+    """"mobilenet_v2" for mobilenet_v2_100, deeplabv3_mobilenet_v2, ...; None if unnamed."""
+    found = _FAMILY.search(name)
+    return found.group(0) if found else None
 
 
 def upgrade_state(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -388,7 +409,11 @@ def load_backbone(model: torch.nn.Module, path: str | os.PathLike) -> dict:
     (`adapt_input_channels`). Returns {"loaded", "backbone_tensors", "adapted", "skipped"}:
     what was copied, how many backbone tensors `model` has, the names whose input channels were
     adapted, and the names whose shapes differ otherwise."""
-    state, _ = load_weights(path)
+    state, meta = load_weights(path)
+    mine, theirs = getattr(model, "model_name", "the model"), meta.get("model")
+    if isinstance(theirs, str) and _family(theirs) and _family(mine) and _family(theirs) != _family(mine):
+        raise MobileNetsError(f"{path}: a {theirs} backbone cannot start {mine}: another MobileNet "
+                              f"family ({_family(theirs)} vs {_family(mine)})")
     state = upgrade_state(state, model)
     own = model.state_dict()
     # BN's step counters are scalars that fit anything and carry nothing across
@@ -408,6 +433,10 @@ def load_backbone(model: torch.nn.Module, path: str | os.PathLike) -> dict:
         if theirs.shape[0] == mine.shape[0] and theirs.shape[2:] == mine.shape[2:] and weight is not None:
             fits[first] = weight
             adapted.append(first)
+    if len(fits) < MIN_BACKBONE_SHARE * len(ours):
+        raise MobileNetsError(f"{path}: its {theirs or 'model'} backbone fills only {len(fits)} of "
+                              f"{mine}'s {len(ours)} backbone tensors (allowed: at least "
+                              f"{MIN_BACKBONE_SHARE:.0%}); is it the same width and variant?")
     model.load_state_dict(fits, strict=False)
     return {"loaded": len(fits), "backbone_tensors": len(ours), "adapted": adapted,
             "skipped": [k for k in shared if k not in fits]}
