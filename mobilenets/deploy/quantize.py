@@ -32,6 +32,9 @@ from ..datasets.calibration import calibration_set, load_images, preprocessed
 from .qat import finetune
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+# The rewrite changes float rounding only (a folded scale, an unfused activation): float32's
+# export tolerance (EXPORT_RTOL) is what it may cost.
+REWRITE_RTOL = 1e-4
 
 
 class _Reader:
@@ -90,8 +93,9 @@ def quantize_onnx(fp32_path: str | os.PathLike, out: str | os.PathLike, calibrat
                               f"{fp32_path} takes {meta['input_shape']}")
     out = check_writable(out)
     with tempfile.TemporaryDirectory(prefix="mobilenets-quant-") as tmpdir:
-        prepped = Path(tmpdir) / "prepped.onnx"
-        quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
+        prepped, rewritten = Path(tmpdir) / "prepped.onnx", Path(tmpdir) / "rewritten.onnx"
+        rewrites = _write_quantizable(fp32_path, rewritten, calibration[:8])
+        quant_pre_process(str(rewritten), str(prepped), skip_symbolic_shape=True)
         with atomic_path(out) as tmp:
             quantize_static(
                 str(prepped), str(tmp), _Reader(calibration),
@@ -108,12 +112,32 @@ def quantize_onnx(fp32_path: str | os.PathLike, out: str | os.PathLike, calibrat
                                      "weights": ("int8 symmetric per-channel" if per_channel else "int8 per-tensor")
                                                 + (", 7-bit range" if reduce_range else ""),
                                      "activations": "uint8 asymmetric", "calibration": method,
-                                     "calibration_images": len(calibration), **(extra_meta or {})}}
+                                     "calibration_images": len(calibration),
+                                     "rewritten_for_int8": {k: v for k, v in rewrites.items() if v},
+                                     **(extra_meta or {})}}
             del proto.metadata_props[:]
             onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(with_placeholder(meta))})
             onnx.save(proto, str(tmp))
             seal_file(tmp)
     return out
+
+
+def _write_quantizable(fp32_path, out: Path, images: torch.Tensor) -> dict:
+    """Write the float graph in ops the quantizer keeps in int8 (`qdq_rewrite`), after checking
+    that it computes what the original does on `images`. Returns the rewrite counts."""
+    import onnx
+    from .qdq_rewrite import quantizable_graph
+    proto = onnx.load(str(fp32_path))
+    counts = quantizable_graph(proto)
+    onnx.save(proto, str(out))
+    x = {INPUT_NAME: images.numpy()}
+    ref = ort_session(fp32_path, 1).run(None, x)[0]
+    got = ort_session(out, 1).run(None, x)[0]
+    err = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
+    if not err <= REWRITE_RTOL:
+        raise MobileNetsError(f"{fp32_path}: the int8-ready float graph is {err:.1e} from the original "
+                              f"(relative; allowed {REWRITE_RTOL:.0e}); nothing written")
+    return counts
 
 
 def onnx_accuracy(path: str | os.PathLike, images: torch.Tensor, labels: torch.Tensor,
