@@ -94,17 +94,8 @@ def piece_call(engine: str, module: nn.Module, x: torch.Tensor, workdir: Path, t
                 fused(xc)
         return call
     if engine in ("onnxruntime", "int8", "openvino"):
-        path = write_piece_onnx(module, x, workdir / "piece.onnx")
-        if engine == "int8":
-            path = quantize_onnx(path, workdir / "piece_int8.onnx", calibration)
-        if engine == "openvino":
-            backend = OpenVinoBackend(path, threads)
-            xc = x.contiguous()
-            return lambda: backend(xc)
-        session = ort_session(path, threads)
-        arr = x.numpy()
-        return lambda: session.run(None, {INPUT_NAME: arr})
-    from ...deploy.executorch import ExecuTorchBackend, quantize_pte, write_pte, xnnpack_ready
+        return _onnx_call(engine, write_piece_onnx(module, x, workdir / "piece.onnx"), x, threads, calibration)
+    from ...deploy.executorch import quantize_pte, write_pte, xnnpack_ready
     path = workdir / "piece.pte"
     meta = _piece_meta(x)
     if engine == "executorch":
@@ -113,6 +104,24 @@ def piece_call(engine: str, module: nn.Module, x: torch.Tensor, workdir: Path, t
         write_pte(xnnpack_ready(fused), path, meta, x if len(x) > 1 else x.repeat(2, 1, 1, 1))
     else:
         quantize_pte(module, meta, path, calibration)
+    return _pte_call(path, x, threads)
+
+
+def _onnx_call(engine: str, path: Path, x: torch.Tensor, threads: int, calibration: torch.Tensor):
+    """A call of an fp32 ONNX file on ONNX Runtime or OpenVINO, or of its int8 form."""
+    if engine == "int8":
+        path = quantize_onnx(path, path.with_name(path.stem + "_int8.onnx"), calibration)
+    if engine == "openvino":
+        backend = OpenVinoBackend(path, threads)
+        xc = x.contiguous()
+        return lambda: backend(xc)
+    session = ort_session(path, threads)
+    arr = x.numpy()
+    return lambda: session.run(None, {INPUT_NAME: arr})
+
+
+def _pte_call(path: Path, x: torch.Tensor, threads: int):
+    from ...deploy.executorch import ExecuTorchBackend
     backend = ExecuTorchBackend(path, threads)
     xc = x.contiguous()
     return lambda: backend(xc)
@@ -134,23 +143,12 @@ def model_call(engine: str, model: nn.Module, x: torch.Tensor, workdir: Path, th
         g = torch.Generator().manual_seed(0)
         calibration = torch.randn(16, c, h, h, generator=g)
     if engine in ("onnxruntime", "int8", "openvino"):
-        path = workdir / "model.onnx"
-        export(model, path, "onnx", meta, check=False)
-        if engine == "int8":
-            path = quantize_onnx(path, workdir / "model_int8.onnx", calibration)
-        if engine == "openvino":
-            backend = OpenVinoBackend(path, threads)
-            xc = x.contiguous()
-            return lambda: backend(xc)
-        session = ort_session(path, threads)
-        arr = x.numpy()
-        return lambda: session.run(None, {INPUT_NAME: arr})
-    from ...deploy.executorch import ExecuTorchBackend, quantize_pte
+        export(model, workdir / "model.onnx", "onnx", meta, check=False)
+        return _onnx_call(engine, workdir / "model.onnx", x, threads, calibration)
+    from ...deploy.executorch import quantize_pte
     path = workdir / "model.pte"
     if engine == "executorch":
         export(model, path, "executorch", meta, check=False)
     else:
         quantize_pte(model, meta, path, calibration)
-    backend = ExecuTorchBackend(path, threads)
-    xc = x.contiguous()
-    return lambda: backend(xc)
+    return _pte_call(path, x, threads)

@@ -35,43 +35,32 @@ def short_finetune(model: nn.Module, train_split, steps: int, batch: int, lr: fl
                    epoch: int, weight_decay: float = 1e-4) -> nn.Module:
     """`steps` SGD steps (momentum 0.9, constant `lr`) on batches `epoch` of `train_split`
     deals with `seed`; the model is trained in place and returned."""
-    if steps <= 0:
-        return model
-    torch.manual_seed(seed * 1_000_003 + epoch)
-    model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay,
-                                nesterov=True)
-    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
-    per_epoch = train_split.num_steps(batch)
-    done = 0
-    for e in itertools.count(epoch):
-        for x, y in train_split.batches(batch, seed, e):
-            train_step(model, x, y, criterion, optimizer)
-            done += 1
-            if done >= steps:
-                return model.eval()
-        if per_epoch == 0:
-            break
-    return model.eval()
+    return _sgd_steps(model, train_split, steps, batch, lr, seed, epoch, weight_decay, cosine=False)
 
 
 def long_finetune(model: nn.Module, train_split, steps: int, batch: int, lr: float, seed: int,
                   epoch: int = 10_000, weight_decay: float = 1e-4, progress=None) -> nn.Module:
     """NetAdapt's final fine-tune: `steps` SGD steps with a cosine-decayed learning rate."""
+    return _sgd_steps(model, train_split, steps, batch, lr, seed, epoch, weight_decay, cosine=True,
+                      progress=progress)
+
+
+def _sgd_steps(model, train_split, steps, batch, lr, seed, epoch, weight_decay, cosine, progress=None):
     if steps <= 0:
         return model
     torch.manual_seed(seed * 1_000_003 + epoch)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay,
                                 nesterov=True)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if cosine else None
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
     bar = progress(total=steps, desc="final fine-tune") if progress else None
     done = 0
     for e in itertools.count(epoch):
         for x, y in train_split.batches(batch, seed, e):
             train_step(model, x, y, criterion, optimizer)
-            schedule.step()
+            if schedule:
+                schedule.step()
             done += 1
             if bar:
                 bar.update(1)
@@ -79,6 +68,8 @@ def long_finetune(model: nn.Module, train_split, steps: int, batch: int, lr: flo
                 if bar:
                     bar.close()
                 return model.eval()
+        if train_split.num_steps(batch) == 0:
+            return model.eval()
 
 
 def top1(model: nn.Module, split, classes: int, batch: int = 256) -> float:
