@@ -26,3 +26,30 @@ def fmnist_checkpoint(path, name="mobilenet_v2", **kw):
 def fmnist_test_images(n=64):
     images, labels = fashion_mnist("test")
     return images[:n], labels[:n]
+
+
+# Where `corrupted` flips bytes: 20 bytes spread from the middle of the file (the weights of
+# any format here), one letter of a class name in the metadata, or 20 bytes near the start
+# (the format's own header and graph tables).
+CORRUPTIONS = ("weights", "metadata", "header")
+
+
+def corrupted(src, dst, where):
+    """A copy of `src` at `dst` with bytes flipped as CORRUPTIONS says."""
+    data = bytearray(src.read_bytes())
+    if where == "metadata":
+        spots = [data.find(b"Trouser") + 3]
+    elif where == "weights":
+        spots = [len(data) // 2 + 97 * i for i in range(20)]
+    else:
+        spots = range(8, 28)
+    for at in spots:
+        data[at] ^= 0x04
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def recorded_checksum(path) -> str:
+    data = path.read_bytes()
+    at = data.find(b"sha256:") + len(b"sha256:")
+    return data[at:at + 64].decode()

@@ -51,8 +51,13 @@ FP32_NOISE_FACTOR = 16
 EXPORT_MAX_RTOL = 1e-2
 
 
-def resolve_model(spec: str, **model_kwargs) -> tuple[nn.Module, dict]:
-    """A checkpoint path (loaded) or a registered model name (random weights): (model, meta)."""
+def resolve_model(spec: str, pretrained: str | bool | None = None, **model_kwargs) -> tuple[nn.Module, dict]:
+    """A checkpoint path (loaded) or a registered model name (random weights, or with
+    `pretrained` a published tag's, as `create_model` takes it): (model, meta)."""
+    if pretrained is not None:
+        if os.path.exists(spec):
+            raise MobileNetsError(f"{spec}: --pretrained takes a model name, not a weights file")
+        return create_model(spec, pretrained=pretrained, **model_kwargs).eval(), {}
     if spec in list_models() and not os.path.exists(spec):
         return create_model(spec, **model_kwargs).eval(), {}
     if os.path.exists(spec) and not spec.endswith(".safetensors"):
@@ -237,10 +242,10 @@ def export(model: nn.Module, path: str | os.PathLike, fmt: str, meta: dict | Non
     if fmt not in FORMATS:
         raise MobileNetsError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     path = Path(path)
+    check_writable(path)        # before the converters' imports, which log warnings
     if fmt in MOBILE_FORMATS:   # before anything is written: one line without the extra
         require("executorch.exir" if fmt == "executorch" else "litert_torch",
                 f"{path}: {'ExecuTorch' if fmt == 'executorch' else 'LiteRT'} export")
-    check_writable(path)
     info = export_metadata(model, meta)
     fused = prepare_for_inference(model, channels_last=fmt not in ("onnx",) + MOBILE_FORMATS)
     x = example_input(info, batch=2)

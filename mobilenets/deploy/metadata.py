@@ -45,7 +45,7 @@ def parse_meta(text: str | bytes | None, path) -> dict:
                               "export it with `mobilenets export`")
     try:
         meta = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):   # a damaged header gives either
         raise MobileNetsError(f"{path}: its {METADATA_KEY} metadata is not valid JSON") from None
     if not isinstance(meta, dict) or meta.get("format") != "mobilenets/1":
         raise MobileNetsError(f"{path}: its metadata is not mobilenets/1")

@@ -1,3 +1,10 @@
+import hashlib
+import json
+import os
+import pickle
+import time
+import zipfile
+
 import pytest
 import torch
 from torchvision.io import write_png
@@ -6,7 +13,8 @@ from PIL import Image
 from mobilenets.datasets.fashion_mnist import FMNIST_CLASSES, load_fashion_mnist
 from mobilenets.train import DEFAULTS, load_recipe, train
 
-from deploy_models import PRE, fmnist_checkpoint, fmnist_test_images
+from deploy_models import (CORRUPTIONS, PRE, corrupted, fmnist_checkpoint, fmnist_test_images,
+                           recorded_checksum)
 from mobilenets import MobileNetsError
 from mobilenets.datasets.calibration import FASHION_MNIST_CLASSES, calibration_set, preprocessed
 from mobilenets.cli import main
@@ -354,3 +362,97 @@ def test_checkpoint_with_part_of_its_preprocessing(tmp_path, one_thread):
     with torch.no_grad():
         want = model(((image.float() / 255 - 0.5) / 0.5)[None])
     assert torch.allclose(p.logits(image), want, rtol=1e-4, atol=1e-4)
+
+
+# -- checksums and damaged files -------------------------------------------------------------
+@pytest.mark.parametrize("where", CORRUPTIONS)
+def test_flipped_bytes_are_refused_by_every_loader_and_verify(files, tmp_path, capsys, where):
+    _, _, paths = files
+    images, _ = fmnist_test_images(2)
+    bad = {kind: corrupted(p, tmp_path / f"bad_{p.name}", where) for kind, p in paths.items()}
+    for kind, path in bad.items():
+        with pytest.raises(MobileNetsError) as e:
+            Predictor(path)(images)
+        message = str(e.value)
+        assert message.startswith(f"{path}: ") and "\n" not in message, message
+        if where != "header":   # the header may already fail the format's own parser
+            assert "checksum mismatch" in message and recorded_checksum(paths[kind]) in message
+    assert main(["verify", *map(str, paths.values()), "--json"]) == 0
+    assert all(r["checksum"] == "ok" for r in json.loads(capsys.readouterr().out))
+    assert main(["verify", *map(str, bad.values())]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(bad) and not any("checksum ok" in line for line in lines)
+
+
+def test_verify_reports_what_the_file_is(files, capsys):
+    _, _, paths = files
+    assert main(["verify", str(paths["int8"])]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{paths['int8']}: ONNX int8, mobilenet_v2, 10 classes (T-shirt/top, "
+                           "Trouser, Pullover, …), 32 px; checksum ok (sha256 ")
+    # the recipe for a flat file: every byte, the recorded digits read as zeros
+    data = paths["int8"].read_bytes()
+    digest = recorded_checksum(paths["int8"])
+    assert hashlib.sha256(data.replace(digest.encode(), b"0" * 64)).hexdigest() == digest
+
+
+@pytest.mark.parametrize("name", ["empty", "truncated", "random", "pickle", "other_zip"])
+def test_damaged_pt2_is_one_line_without_log(files, tmp_path, capsys, name):
+    _, _, paths = files
+    data = paths["pt2"].read_bytes()
+    blob = {"empty": b"", "truncated": data[:len(data) // 2], "random": os.urandom(4096),
+            "pickle": pickle.dumps({"weights": [1.0, 2.0]})}.get(name)
+    path = tmp_path / f"{name}.pt2"
+    if blob is None:
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("archive/models/model.json", "{}")
+    else:
+        path.write_bytes(blob)
+    image = tmp_path / "i.png"
+    Image.new("L", (28, 28)).save(image)
+    with pytest.raises(MobileNetsError, match=rf"{name}.pt2: (is empty|not a (readable )?torch.export file)"):
+        Predictor(path)
+    capsys.readouterr()
+    assert main(["predict", str(path), str(image)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mobilenets: error: {path}: ") and err.count("\n") == 1, err
+
+
+def test_empty_model_file_says_so(tmp_path, capsys):
+    (tmp_path / "zero.onnx").write_bytes(b"")
+    image = tmp_path / "i.png"
+    Image.new("L", (28, 28)).save(image)
+    assert main(["predict", str(tmp_path / "zero.onnx"), str(image)]) == 2
+    assert capsys.readouterr().err == f"mobilenets: error: {tmp_path / 'zero.onnx'}: is empty (0 bytes)\n"
+
+
+@pytest.mark.parametrize("argv", [["export", "CKPT", "--format", "tflite", "--out", "OUT"],
+                                  ["export", "CKPT", "--format", "onnx", "--out", "OUT"],
+                                  ["quantize", "CKPT", "--out", "OUT"],
+                                  ["convert", "CKPT", "--from", "torchvision", "--model",
+                                   "mobilenet_v2", "--out", "OUT"]])
+def test_writers_refuse_an_unwritable_output_before_the_work(files, tmp_path, capsys, argv):
+    _, _, paths = files
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    out = blocker / "x.out"
+    argv = [str(paths["safetensors"]) if a == "CKPT" else str(out) if a == "OUT" else a for a in argv]
+    started = time.perf_counter()
+    assert main(argv) == 2
+    assert time.perf_counter() - started < 5   # refused before the conversion, not after it
+    assert capsys.readouterr().err == (f"mobilenets: error: {out}: cannot be written ({blocker} is "
+                                       "a file, not a folder)\n")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_export_into_a_read_only_folder_is_refused_first(files, tmp_path, capsys):
+    _, _, paths = files
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        assert main(["export", str(paths["safetensors"]), "--format", "onnx", "--out",
+                     str(folder / "x.onnx")]) == 2
+    finally:
+        folder.chmod(0o755)
+    assert capsys.readouterr().err.startswith(f"mobilenets: error: {folder / 'x.onnx'}: cannot be written (")

@@ -1,6 +1,8 @@
 """The weights format: round trips, pretrained= by path and URL, weights-only checkpoints, and
 one-line errors for files that are not weights, are cut short, or would run code."""
 import functools
+import hashlib
+import json
 import http.server
 import pickle
 import socket
@@ -428,3 +430,73 @@ def test_task_model_files_in_the_old_layout_still_load(tmp_path):
     got = load_backbone(classifier, new)
     assert got["loaded"] == got["backbone_tensors"] and got["skipped"] == []
     assert torch.equal(classifier.last_conv.conv.weight, model.backbone.last_conv.conv.weight)
+
+
+# -- checksums ---------------------------------------------------------------------------------
+def _recorded(data: bytes) -> str:
+    at = data.find(b"sha256:") + len(b"sha256:")
+    return data[at:at + 64].decode()
+
+
+def test_weights_record_the_sha256_of_their_bytes(saved, capsys):
+    from mobilenets.cli import main
+    _, path = saved
+    data = path.read_bytes()
+    digest = _recorded(data)
+    # the recipe: every byte of the file, the recorded digits read as zeros
+    assert digest == hashlib.sha256(data.replace(digest.encode(), b"0" * 64)).hexdigest()
+    assert load_weights(path)[1]["checksum"] == f"sha256:{digest}"
+    assert main(["verify", str(path)]) == 0
+    assert f"checksum ok (sha256 {digest[:16]}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("where", ["tensor", "class name"])
+def test_flipped_weights_or_header_are_refused(saved, tmp_path, capsys, where):
+    from mobilenets.cli import main
+    _, path = saved
+    data = bytearray(path.read_bytes())
+    at = len(data) - 5000 if where == "tensor" else data.find(b'\\"c7\\"') + 2
+    for i in range(20 if where == "tensor" else 1):
+        data[at + 37 * i] ^= 0x04
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(bytes(data))
+    recorded = _recorded(bytes(data))
+    actual = hashlib.sha256(bytes(data).replace(recorded.encode(), b"0" * 64)).hexdigest()
+    for load in (load_weights, load_model, lambda p: create_model("mobilenet_v2", pretrained=p)):
+        with pytest.raises(MobileNetsError) as e:
+            load(bad)
+        assert one_line_error(e) == (f"{bad}: checksum mismatch: its metadata records sha256 {recorded}, "
+                                     f"its content hashes to {actual}; the file is damaged or was "
+                                     "changed after it was written")
+    assert main(["verify", str(path), str(bad), "--json"]) == 1
+    reports = json.loads(capsys.readouterr().out)
+    assert [r["checksum"] for r in reports] == ["ok", "mismatch"]
+    assert reports[1]["recorded"] == recorded and reports[1]["actual"] == actual
+
+
+def test_weights_from_before_checksums_still_load(tmp_path, capsys):
+    from safetensors.torch import save_file
+    from mobilenets.cli import main
+    model = tiny()
+    old = tmp_path / "old.safetensors"
+    save_file(model.state_dict(), str(old), metadata={"format": '"mobilenets/1"',
+                                                     "model": '"mobilenet_v2"',
+                                                     "model_kwargs": json.dumps(model.model_kwargs)})
+    torch.testing.assert_close(logits(load_model(old)[0]), logits(model))
+    assert main(["verify", str(old)]) == 0
+    assert "no checksum recorded" in capsys.readouterr().out
+
+
+def test_backbone_of_another_family_or_a_small_share_is_refused(tmp_path):
+    v2 = tmp_path / "v2.safetensors"
+    save_weights(v2, tiny())
+    with pytest.raises(MobileNetsError) as e:
+        load_backbone(create_model("mobilenet_v4_conv_small", width_mult=0.35), v2)
+    assert one_line_error(e).startswith(f"{v2}: a mobilenet_v2 backbone cannot start "
+                                        "mobilenet_v4_conv_small: another MobileNet family")
+    small = tmp_path / "v3s.safetensors"
+    save_weights(small, create_model("mobilenet_v3_small", width_mult=0.35))
+    large = create_model("mobilenet_v3_large", width_mult=0.35)
+    with pytest.raises(MobileNetsError, match=rf"v3s.safetensors: its mobilenet_v3_small backbone fills "
+                                              r"only \d+ of mobilenet_v3_large's \d+ backbone tensors"):
+        load_backbone(large, small)
