@@ -24,8 +24,15 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="a channel plan: JSON file of per-layer widths (mobilenets.models.plan)")
 
 
+def add_pretrained_option(p: argparse.ArgumentParser) -> None:
+    """`--pretrained [TAG]` for verbs that take a model name: its published ImageNet weights."""
+    p.add_argument("--pretrained", nargs="?", const=True, default=None, metavar="TAG",
+                   help="with a model name: its published ImageNet weights (a tag, e.g. IMAGENET1K_V1; "
+                        "default: its default tag; see `mobilenets models --pretrained`)")
+
+
 def model_kwargs(args: argparse.Namespace) -> dict:
-    names = ("width_mult", "num_classes", "in_chans", "small_input", "minimalistic", "channel_plan")
+    names = ("width_mult", "num_classes", "in_chans", "small_input", "minimalistic", "channel_plan", "pretrained")
     return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 

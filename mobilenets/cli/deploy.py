@@ -19,23 +19,26 @@ from ..deploy.verify import describe, verify_file
 from ..core.errors import MobileNetsError
 from ..core.io import atomic_write_text, check_writable
 from ..models.weights import task_of
-from .common import add_model_options, model_kwargs
+from .common import add_model_options, add_pretrained_option, model_kwargs
 
 
 def add_commands(sub) -> None:
     p = sub.add_parser("export", help="write a checkpoint as ONNX, TorchScript, torch.export, "
                                       "ExecuTorch (.pte) or LiteRT (.tflite)")
-    p.add_argument("checkpoint", help="a .safetensors checkpoint (or a model name: random weights)")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint, or a model name (random weights; "
+                                      "with --pretrained, its published ones)")
     p.add_argument("--format", choices=FORMATS, default="onnx")
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--no-check", action="store_true",
                    help="skip running the exported file against PyTorch")
     add_model_options(p)
+    add_pretrained_option(p)
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("quantize", help="int8 ONNX (or ExecuTorch .pte) by static quantization "
                                         "with a calibration set")
-    p.add_argument("checkpoint", help="a .safetensors checkpoint (or a model name: random weights)")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint, or a model name (random weights; "
+                                      "with --pretrained, its published ones)")
     p.add_argument("--data", default="fashion-mnist",
                    help="'fashion-mnist' or a .npy file of uint8 images at the model's input size")
     p.add_argument("--out", required=True, help="output .onnx file (.pte with --format executorch)")
@@ -50,6 +53,7 @@ def add_commands(sub) -> None:
     p.add_argument("--qat-steps", type=int, default=300)
     p.add_argument("--json", action="store_true")
     add_model_options(p)
+    add_pretrained_option(p)
     p.set_defaults(func=_cmd_quantize)
 
     p = sub.add_parser("bench", help="latency / throughput of our backends and the peers")

@@ -4,12 +4,15 @@ huggingface_hub's own endpoint setting), fetched, hash-checked, converted and ca
 import dataclasses
 import hashlib
 import http.server
+import os
 import threading
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
+
+os.environ.setdefault("KERAS_BACKEND", "torch")  # before anything imports keras
 
 import mobilenets
 from mobilenets.core.errors import MobileNetsError
@@ -204,6 +207,34 @@ def test_hub_file_that_is_not_its_etag_is_refused(served, monkeypatch):
     assert not list(cache.glob("pretrained/*")) and not list(cache.rglob("blobs/*"))
 
 
+def test_keras_h5_download_md5_conversion_and_cache(served, monkeypatch):
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "torch":
+        pytest.skip("keras runs on another backend in this process")
+    root, server = served
+    keras.utils.set_random_seed(0)
+    source = keras.applications.MobileNetV2(alpha=0.35, input_shape=(224, 224, 3), weights=None,
+                                            classifier_activation=None)
+    path = root / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224.h5"
+    source.save(str(path))   # the legacy HDF5 layout of the published application files
+    md5 = hashlib.md5(path.read_bytes()).hexdigest()
+    entry = dataclasses.replace(registry_weights.by_name()["mobilenet_v2_035.keras_imagenet"],
+                                url=f"{server.url}/files/{path.name}", md5=md5)
+    _use_entry(monkeypatch, dataclasses.replace(entry, md5="0" * 32))
+    with pytest.raises(MobileNetsError, match="refused, its MD5"):
+        mobilenets.create_model("mobilenet_v2_035.keras_imagenet", pretrained=True)
+    assert not [p for p in Path(pretrained.cache_dir()).rglob("*") if p.is_file()]
+    _use_entry(monkeypatch, entry)
+    model = mobilenets.create_model("mobilenet_v2_035.keras_imagenet", pretrained=True).eval()
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    want = torch.from_numpy(keras.ops.convert_to_numpy(source(x.permute(0, 2, 3, 1).numpy(), training=False)))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), want.float(), rtol=1e-4, atol=1e-4)
+    assert [list(model.pretrained_cfg[k]) for k in ("mean", "std")] == [[0.5] * 3, [0.5] * 3]
+    server.stop()   # converted once, cached: no download the second time
+    mobilenets.create_model("mobilenet_v2_035.keras_imagenet", pretrained=True)
+
+
 @pytest.mark.slow
 def test_cli_train_starts_from_published_weights(served, monkeypatch, tmp_path, capsys):
     from mobilenets.cli import main
@@ -231,3 +262,27 @@ def test_cli_train_starts_from_published_weights(served, monkeypatch, tmp_path, 
     finally:
         server.stop()
     assert any("1000-class classifier is dropped" in str(w.message) for w in caught)
+
+
+def test_export_and_quantize_take_published_weights_by_name(served, monkeypatch, tmp_path, capsys):
+    import onnxruntime as ort
+    from mobilenets.cli import main
+    root, server = served
+    path, source = _torchvision_file(root)
+    entry = dataclasses.replace(registry_weights.default_for("mobilenet_v3_small"),
+                                url=f"{server.url}/files/{path.name}",
+                                hash_prefix=path.stem.rsplit("-", 1)[1])
+    _use_entry(monkeypatch, entry)
+    out = tmp_path / "v3s.onnx"
+    assert main(["export", "mobilenet_v3_small", "--pretrained", "IMAGENET1K_V1", "--format", "onnx",
+                 "--out", str(out), "--no-check"]) == 0
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = source(x)
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+    capsys.readouterr()
+    assert main(["quantize", str(out), "--pretrained", "--out", str(tmp_path / "q.onnx")]) == 2
+    assert capsys.readouterr().err == (f"mobilenets: error: {out}: --pretrained takes a model name, "
+                                       "not a weights file\n")
