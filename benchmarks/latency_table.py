@@ -95,7 +95,7 @@ def run(name: str, engine: str, plans: int, threads: int, seed: int) -> dict:
         plan = random_plan(model, rng)
         planned = create_model(family, **kwargs, channel_plan=plan).eval()
         with tempfile.TemporaryDirectory() as tmp:
-            measured = measure_model(planned, engine, threads, 1, res, Path(tmp), runs=30)
+            measured = measure_model(planned, engine, threads, 1, res, Path(tmp), runs=60)
         raw, corrected = predict(table, plan, corrected=False), predict(table, plan)
         rows.append({"plan": plan, "measured_ms": round(measured, 4), "sum_ms": round(raw, 4),
                      "predicted_ms": round(corrected, 4)})

@@ -118,6 +118,20 @@ class Cost:
         return float(profile(m, self.resolution)["madds"])
 
 
+def iteration_target(now: float, reduction: float, budget: float, widths_for, halvings: int = 6):
+    """(target, widths) of one iteration: `now` less `reduction`, never below `budget`. A cut no
+    single position can make alone is halved until one can (NetAdapt's 2.5% first cut is always
+    reachable; the larger cuts that fit a CPU's time may not be), the capped last cut included.
+    `widths_for(target)` gives each position's largest width that meets it (None: none does)."""
+    cut = min(reduction, now - budget)
+    for _ in range(halvings):
+        widths = widths_for(now - cut)
+        if any(w is not None for w in widths):
+            break
+        cut /= 2
+    return now - cut, widths
+
+
 def largest_width(plan: dict, slots, target: float, cost: Cost, step: int) -> int | None:
     """The largest multiple of `step` below the current width whose plan costs at most
     `target`; None when even `step` channels do not."""
@@ -247,14 +261,9 @@ def _iteration(state, out: Path, s: AdaptSettings, cost: Cost, train_split, scor
     now = cost(plan)
     reduction = s.initial_reduction * state["start"]["cost"] * s.reduction_decay ** k
     positions = _positions(current.arch)
-    # A cut no single position can make alone is halved until one can (NetAdapt's 2.5% first
-    # cut is always reachable; the larger default cuts that fit a CPU's budget may not be).
-    for _ in range(6):
-        target = max(now - reduction, state["target"])
-        widths = [largest_width(plan, slots, target, cost, s.step) for _pos, _label, slots in positions]
-        if any(w is not None for w in widths) or target == state["target"]:
-            break
-        reduction /= 2
+    def widths_for(target):
+        return [largest_width(plan, slots, target, cost, s.step) for _pos, _label, slots in positions]
+    target, widths = iteration_target(now, reduction, state["target"], widths_for)
     pdir = out / "proposals" / f"{k:03d}"
     pdir.mkdir(parents=True, exist_ok=True)
     mine = [(j, p) for j, p in enumerate(positions) if j % ctx.world == ctx.rank]

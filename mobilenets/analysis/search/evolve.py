@@ -165,8 +165,8 @@ def search(out: str | Path, settings: SearchSettings, resume: bool = False, prog
                              "num_classes": len(classes), "resolution": s.resolution},
             "table_ms": best["table_ms"], "measured_ms": best["measured_ms"], "val_top1_proxy": best["val_top1"],
             "reward": best["reward"], "candidate": best["index"]}
-    arch["train_command"] = ("mobilenets train --data fashion-mnist --model mobilenet_v3_small"
-                             f"{' --small-input' if s.small_input else ''} --in-chans {s.in_chans} "
+    arch["train_command"] = ("mobilenets train --data fashion-mnist --model mobilenet_v3_small "
+                             f"--width-mult 1.0{' --small-input' if s.small_input else ''} --in-chans {s.in_chans} "
                              f"--set model_options='{json.dumps({'blocks': best['rows']})}' --out runs/searched")
     atomic_write_text(out / "arch.json", json.dumps(arch, indent=1) + "\n")
     atomic_write_text(out / "arch.txt", format_rows(best["rows"]))

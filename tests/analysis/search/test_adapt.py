@@ -124,3 +124,19 @@ def test_bad_targets_get_one_line(start, tmp_path):
     r = subprocess.run([sys.executable, "-m", "mobilenets", "adapt", str(path), "--target-latency-ratio", "0.5",
                         "--table", str(table), "--out", str(tmp_path / "d")], capture_output=True, text=True)
     assert r.returncode == 2 and "lut.json: not a readable latency table" in r.stderr, r.stderr
+
+
+def test_a_cut_that_no_position_reaches_is_halved_the_last_one_included():
+    from mobilenets.analysis.search.adapt import iteration_target
+    floor = 0.70                      # nothing can go below it in one step
+
+    def widths_for(target):
+        return [8 if target >= floor else None, None]
+    # 1.0 less 0.4 is below the floor, less 0.2 is not: 0.8
+    assert iteration_target(1.0, 0.4, 0.0, widths_for) == (pytest.approx(0.8), [8, None])
+    # The budget caps the cut (1.0 → 0.5), and it is the capped cut of 0.5 that is halved: 0.25 → 0.75.
+    assert iteration_target(1.0, 0.8, 0.5, widths_for)[0] == pytest.approx(0.75)
+    # A reachable cut is taken as it is, down to the budget and not below it.
+    assert iteration_target(0.8, 0.5, 0.72, widths_for)[0] == pytest.approx(0.72)
+    # Never reachable: after the halvings, the last target tried and no widths.
+    assert iteration_target(0.71, 0.3, 0.0, widths_for, halvings=3)[1] == [None, None]

@@ -1,13 +1,16 @@
 """The architecture search: its genomes are V3 table rows, and a short search writes an
 architecture that builds, with a resume that replays the same candidates."""
 import json
+import shlex
 
 import pytest
 
 from mobilenets import create_model
 from mobilenets.analysis.search.evolve import (V3_SMALL_GENOME, SearchSettings, load_arch, reward, rows_of,
                                                search)
+from mobilenets.cli import main
 from mobilenets.core.errors import MobileNetsError
+from mobilenets.models.mobilenet import load_model
 from mobilenets.models.tables import V3_SMALL_BLOCKS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,6 +44,13 @@ def test_short_search_writes_a_buildable_architecture_and_resumes(tmp_path):
     assert [list(b) for b in report["best"]["model_kwargs"]["blocks"]] == \
            [[b.kernel, b.expand_ch, b.out_ch, b.se_ch > 0, "HS" if b.act == "hswish" else "RE",
              b.stride if i else 2] for i, b in enumerate(model.arch.blocks)]
+    # The command arch.json gives trains that very network (not the recipe's α of it).
+    command = shlex.split(report["best"]["train_command"])
+    command[command.index("--out") + 1] = str(tmp_path / "trained")
+    assert main(command[1:] + ["--epochs", "1", "--batch-size", "16", "--set", "limit_train=16",
+                               "--set", "limit_val=16", "--set", "limit_test=16"]) == 0
+    trained, _ = load_model(tmp_path / "trained" / "best.safetensors")
+    assert trained.arch == model.arch
     # A resume of a finished search replays its log: the same best, nothing re-scored.
     again = search(tmp_path / "s", SearchSettings(), resume=True, log=lambda *a: None)
     assert again["best"] == report["best"]
