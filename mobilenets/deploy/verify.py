@@ -18,6 +18,7 @@ ZIP_SUFFIXES = (".ts", ".pt2")
 FORMAT_TAG = b'"format": "mobilenets/1"'
 # How many '{' before the format tag are tried as the start of the metadata document.
 _OPENINGS_TRIED = 64
+_LONGEST_METADATA = 1 << 20   # bytes after the format tag (1000 class names take ~20 KB)
 
 
 def embedded_metadata(data: bytes) -> dict | None:
@@ -32,7 +33,9 @@ def embedded_metadata(data: bytes) -> dict | None:
         if start < 0:
             return None
         try:
-            doc, _ = decoder.raw_decode(data[start:].decode("utf-8", "replace"))
+            # Decoding only a window keeps this to the document, not the weights after it.
+            window = data[start:tag + _LONGEST_METADATA]
+            doc, _ = decoder.raw_decode(window.decode("utf-8", "replace"))
         except json.JSONDecodeError:
             continue
         if isinstance(doc, dict) and doc.get("format") == "mobilenets/1":
