@@ -101,17 +101,24 @@ def _torchvision_file(root: Path) -> tuple[Path, torch.nn.Module]:
     return named, source
 
 
+def _serve_torchvision(root: Path, server, monkeypatch):
+    """A torchvision V3-Small file served as the registry's default V3-Small entry:
+    (file, source model, entry)."""
+    path, source = _torchvision_file(root)
+    entry = dataclasses.replace(registry_weights.default_for("mobilenet_v3_small"),
+                                url=f"{server.url}/files/{path.name}",
+                                hash_prefix=path.stem.rsplit("-", 1)[1])
+    _use_entry(monkeypatch, entry)
+    return path, source, entry
+
+
 def _images():
     return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
 
 
 def test_torchvision_download_hash_conversion_and_offline_cache(served, monkeypatch):
     root, server = served
-    path, source = _torchvision_file(root)
-    entry = dataclasses.replace(registry_weights.default_for("mobilenet_v3_small"),
-                                url=f"{server.url}/files/{path.name}",
-                                hash_prefix=path.stem.rsplit("-", 1)[1])
-    _use_entry(monkeypatch, entry)
+    path, source, entry = _serve_torchvision(root, server, monkeypatch)
     model = mobilenets.create_model("mobilenet_v3_small", pretrained=True).eval()
     with torch.no_grad():
         torch.testing.assert_close(model(_images()), source(_images()), rtol=1e-4, atol=1e-4)
@@ -239,11 +246,7 @@ def test_keras_h5_download_md5_conversion_and_cache(served, monkeypatch):
 def test_cli_train_starts_from_published_weights(served, monkeypatch, tmp_path, capsys):
     from mobilenets.cli import main
     root, server = served
-    path, _ = _torchvision_file(root)
-    entry = dataclasses.replace(registry_weights.default_for("mobilenet_v3_small"),
-                                url=f"{server.url}/files/{path.name}",
-                                hash_prefix=path.stem.rsplit("-", 1)[1])
-    _use_entry(monkeypatch, entry)
+    path, _, entry = _serve_torchvision(root, server, monkeypatch)
     tiny = ["--data", "fashion-mnist", "--epochs", "1", "--batch-size", "16", "--model",
             "mobilenet_v3_small", "--width-mult", "1.0", "--set", "limit_train=32", "--set", "limit_val=16",
             "--set", "limit_test=16", "--set", "resolution=32"]
@@ -268,11 +271,7 @@ def test_export_and_quantize_take_published_weights_by_name(served, monkeypatch,
     import onnxruntime as ort
     from mobilenets.cli import main
     root, server = served
-    path, source = _torchvision_file(root)
-    entry = dataclasses.replace(registry_weights.default_for("mobilenet_v3_small"),
-                                url=f"{server.url}/files/{path.name}",
-                                hash_prefix=path.stem.rsplit("-", 1)[1])
-    _use_entry(monkeypatch, entry)
+    _, source, _ = _serve_torchvision(root, server, monkeypatch)
     out = tmp_path / "v3s.onnx"
     assert main(["export", "mobilenet_v3_small", "--pretrained", "IMAGENET1K_V1", "--format", "onnx",
                  "--out", str(out), "--no-check"]) == 0
