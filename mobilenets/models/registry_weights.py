@@ -12,8 +12,10 @@ Sources of the figures:
   mean/std, licence) and timm's `results/results-imagenet.csv` (commit aa4b5850c154), the row at
   the checkpoint's own input size. The Hub gives each file's SHA-256 only at download (its ETag);
   it is checked against the downloaded bytes and keys the converted copy.
-- Keras: `keras/src/applications/mobilenet*.py` (URLs; MD5 of the V3 files, WEIGHTS_HASHES). Keras
-  publishes no accuracy for these files in its code, so top-1/top-5 are left unknown.
+- Keras: `keras/src/applications/mobilenet*.py` (URLs; MD5 of the V3 files, WEIGHTS_HASHES). The
+  V3 files' top-1 is the table in `mobilenet_v3.py`'s docstring (it gives no top-5); V1 and V2 at
+  α 1.0 have top-1/top-5 in the table of keras.io/api/applications; other V1/V2 widths have none
+  published by Keras and stay unknown.
 """
 from __future__ import annotations
 
@@ -113,11 +115,17 @@ _KERAS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 _KERAS_LICENSE = "Apache-2.0 (Keras applications)"
 
 
-def _keras(model: str, path: str, md5: str | None = None, **options) -> PretrainedWeights:
+_KERAS_V3_TABLE = "keras/src/applications/mobilenet_v3.py docstring table (top-1 only)"
+_KERAS_APPLICATIONS_TABLE = "keras.io/api/applications table"
+
+
+def _keras(model: str, path: str, md5: str | None = None, top=(None, None), source=None,
+           **options) -> PretrainedWeights:
     family_options = {"act": "relu6"} if model.startswith("mobilenet_v1") else {}
     return PretrainedWeights(model, "keras_imagenet", "keras", url=_KERAS + path, md5=md5,
                              options={**TF_OPTIONS, **family_options, **options}, mean=HALF,
-                             std=HALF, license=_KERAS_LICENSE, recipe="keras.applications")
+                             std=HALF, top1=top[0], top5=top[1], metrics_source=source,
+                             license=_KERAS_LICENSE, recipe="keras.applications")
 
 
 WEIGHTS: tuple[PretrainedWeights, ...] = (
@@ -157,27 +165,28 @@ WEIGHTS: tuple[PretrainedWeights, ...] = (
     _timm('mobilenetv4_conv_large', 'e500_r256_in1k', 'mobilenet_v4_conv_large', {'resolution': 256}, res=256, crop=0.95, interp='bicubic', mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), top=(81.864, 95.696)),
     _timm('mobilenetv4_hybrid_medium', 'e500_r224_in1k', 'mobilenet_v4_hybrid_medium', {'resolution': 224}, res=224, crop=0.95, interp='bicubic', mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), top=(80.432, 95.378)),
     _timm('mobilenetv4_hybrid_large', 'e600_r384_in1k', 'mobilenet_v4_hybrid_large', {}, res=384, crop=0.95, interp='bicubic', mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), top=(83.826, 96.748)),
-    _keras("mobilenet_v1", "mobilenet/mobilenet_1_0_224_tf.h5"),
+    _keras("mobilenet_v1", "mobilenet/mobilenet_1_0_224_tf.h5", top=(70.4, 89.5), source=_KERAS_APPLICATIONS_TABLE),
     _keras("mobilenet_v1_075", "mobilenet/mobilenet_7_5_224_tf.h5"),
     _keras("mobilenet_v1_050", "mobilenet/mobilenet_5_0_224_tf.h5"),
     _keras("mobilenet_v1_025", "mobilenet/mobilenet_2_5_224_tf.h5"),
-    _keras("mobilenet_v2", "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"),
+    _keras("mobilenet_v2", "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5",
+           top=(71.3, 90.1), source=_KERAS_APPLICATIONS_TABLE),
     _keras("mobilenet_v2_140", "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.4_224.h5"),
     _keras("mobilenet_v2_075", "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.75_224.h5"),
     _keras("mobilenet_v2_050", "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_224.h5"),
     _keras("mobilenet_v2_035", "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224.h5"),
     _keras("mobilenet_v3_large", "mobilenet_v3/weights_mobilenet_v3_large_224_1.0_float.h5",
-           md5="59e551e166be033d707958cf9e29a6a7"),
+           md5="59e551e166be033d707958cf9e29a6a7", top=(75.6, None), source=_KERAS_V3_TABLE),
     _keras("mobilenet_v3_large_075", "mobilenet_v3/weights_mobilenet_v3_large_224_0.75_float.h5",
-           md5="765b44a33ad4005b3ac83185abf1d0eb"),
+           md5="765b44a33ad4005b3ac83185abf1d0eb", top=(73.3, None), source=_KERAS_V3_TABLE),
     _keras("mobilenet_v3_large_minimal", "mobilenet_v3/weights_mobilenet_v3_large_minimalistic_224_1.0_float.h5",
-           md5="675e7b876c45c57e9e63e6d90a36599c"),
+           md5="675e7b876c45c57e9e63e6d90a36599c", top=(72.3, None), source=_KERAS_V3_TABLE),
     _keras("mobilenet_v3_small", "mobilenet_v3/weights_mobilenet_v3_small_224_1.0_float.h5",
-           md5="8768d4c2e7dee89b9d02b2d03d65d862"),
+           md5="8768d4c2e7dee89b9d02b2d03d65d862", top=(68.1, None), source=_KERAS_V3_TABLE),
     _keras("mobilenet_v3_small_075", "mobilenet_v3/weights_mobilenet_v3_small_224_0.75_float.h5",
-           md5="cb65d4e5be93758266aa0a7f2c6708b7"),
+           md5="cb65d4e5be93758266aa0a7f2c6708b7", top=(65.4, None), source=_KERAS_V3_TABLE),
     _keras("mobilenet_v3_small_minimal", "mobilenet_v3/weights_mobilenet_v3_small_minimalistic_224_1.0_float.h5",
-           md5="99cd97fb2fcdad2bf028eb838de69e37"),
+           md5="99cd97fb2fcdad2bf028eb838de69e37", top=(61.9, None), source=_KERAS_V3_TABLE),
 )
 
 # The tag `pretrained=True` takes for a model name: the most accurate published tag at the

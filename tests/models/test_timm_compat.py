@@ -62,6 +62,23 @@ def test_registry_agrees_with_torchvision_and_timm():
             assert w.mean == pytest.approx(cfg.mean, abs=1e-4) and w.std == pytest.approx(cfg.std, abs=1e-4)
 
 
+def test_registry_v3_keras_accuracy_is_the_table_in_keras_own_source():
+    import importlib.util
+    import re
+    from pathlib import Path
+    spec = importlib.util.find_spec("keras")
+    if spec is None:
+        pytest.skip("keras is not installed")
+    source = (Path(spec.origin).parent / "src" / "applications" / "mobilenet_v3.py").read_text()
+    rows = re.findall(r"\|\s*mobilenet_v3_(large|small)(_minimalistic)?_(1\.0|0\.75)_224\s*\|[^|]*\|[^|]*\|\s*([\d.]+)",
+                      source)
+    assert len(rows) == 6
+    from mobilenets.models.registry_weights import WEIGHTS
+    keras_v3 = {w.url.rsplit("/", 1)[1]: w.top1 for w in WEIGHTS if w.source == "keras" and "_v3" in w.model}
+    assert keras_v3 == {f"weights_mobilenet_v3_{size}{minimal}_224_{alpha}_float.h5": float(top1)
+                        for size, minimal, alpha, top1 in rows}
+
+
 def test_cli_lists_pretrained_tags(capsys):
     assert main(["models", "--pretrained", "*v3_large*"]) == 0
     out = capsys.readouterr().out

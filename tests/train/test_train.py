@@ -154,6 +154,33 @@ def test_ctrl_c_inside_a_step_checkpoints_the_step_boundary(tmp_path, monkeypatc
     assert_same_run(straight, broken)
 
 
+def test_second_ctrl_c_inside_a_step_stops_at_once_and_resumes_from_the_last_checkpoint(
+        tmp_path, monkeypatch, capsys, straight):
+    """Two Ctrl-C in one step (an impatient user): the run stops inside the step without
+    saving its half-applied update, says so in one line, and resumes from epoch 1's end."""
+    original, calls = ClassificationTask.train_loss, [0]
+
+    def loss_then_two_ctrl_c(self, model, batch):
+        out = original(self, model, batch)
+        calls[0] += 1
+        if calls[0] == 11:        # epoch 2, step 3
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+    monkeypatch.setattr(ClassificationTask, "train_loss", loss_then_two_ctrl_c)
+    broken = tmp_path / "broken"
+    result = train(tiny(**RESUMED), broken, progress=False)
+    assert result == {"interrupted": True, "signal": "SIGINT", "epoch": 1, "step_in_epoch": 2}
+    assert capsys.readouterr().err == (f"interrupted inside step 3 of epoch 2; that step is not saved; the last "
+                                       f"checkpoint is {broken / 'last.pt'} (epoch 1); continue with --resume {broken}\n")
+    state = torch.load(broken / "last.pt", weights_only=True)
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 0, 8)
+    assert not (broken / "train.lock").exists()
+    monkeypatch.setattr(ClassificationTask, "train_loss", original)
+    train(tiny(**RESUMED, _explicit=[]), broken, resume=str(broken), progress=False)
+    assert_same_run(straight, broken)
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     original = TensorSplit.batches
 
