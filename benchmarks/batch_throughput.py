@@ -8,7 +8,11 @@ median round counts. Speed is also given as a share of the SGEMM rate: a trainin
 6 x multiply-adds FLOPs per image (forward, and twice that backward).
 
     python benchmarks/batch_throughput.py [--recipe fashion-mnist-best] [--batches 32,64,128]
-        [--rounds 5] [--images 2048] [--nchw] [--compile] [--out benchmarks/results/batch_throughput.json]
+        [--rounds 5] [--images 2048] [--nchw] [--compile] [--amp bf16]
+        [--out benchmarks/results/batch_throughput.json]
+
+`--amp bf16` runs the step under bfloat16 autocast, as `train --amp bf16` does: it pays where the
+CPU has bfloat16 instructions (AVX512-BF16 or AMX; the JSON records the flags).
 """
 from __future__ import annotations
 
@@ -105,6 +109,7 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=2048, help="images per batch size per round")
     p.add_argument("--nchw", action="store_true", help="NCHW instead of channels_last")
     p.add_argument("--compile", action="store_true", help="torch.compile the model, as `train --compile` does")
+    p.add_argument("--amp", choices=("bf16",), default=None, help="bfloat16 autocast, as `train --amp bf16`")
     p.add_argument("--no-profile", action="store_true", help="skip the per-op split")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "batch_throughput.json"))
     args = p.parse_args(argv)
@@ -122,7 +127,8 @@ def main(argv=None) -> int:
     runs = {b: setup(recipe, b, not args.nchw, args.compile) for b in batches}
     cfg = {**DEFAULTS, **recipe}
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
-    steps = {b: (lambda m=m, o=o, x=x, y=y: train_step(m, x, y, criterion, o))
+    amp_dtype = torch.bfloat16 if args.amp == "bf16" else None
+    steps = {b: (lambda m=m, o=o, x=x, y=y: train_step(m, x, y, criterion, o, amp_dtype=amp_dtype))
              for b, (_, m, o, x, y) in runs.items()}
     for b in batches:  # warm-up: first-touch allocations, kernel choice
         time_images(steps[b], b, 2 * b)
@@ -136,7 +142,8 @@ def main(argv=None) -> int:
     sgemm = statistics.median([machine["sgemm_gflops"], sgemm_after])
     rows = []
     print(f"{args.recipe}: {cfg['model']} width {cfg['width_mult']}, {x.shape[-1]} px, {madds / 1e6:.1f}M MAdds, "
-          f"{'NCHW' if args.nchw else 'channels_last'}{', compiled' if args.compile else ''}, "
+          f"{'NCHW' if args.nchw else 'channels_last'}{', compiled' if args.compile else ''}"
+          f"{', bf16 autocast' if args.amp else ''}, "
           f"{torch.get_num_threads()} threads; "
           f"SGEMM {machine['sgemm_gflops']:.0f} before, {sgemm_after:.0f} GFLOP/s after")
     print(f"{'batch':>6s} {'img/s':>8s} {'min':>7s} {'max':>7s} {'% of SGEMM':>11s}")
@@ -157,7 +164,7 @@ def main(argv=None) -> int:
             print(f"{kind:22s}" + "".join(f"{100 * r['self_time_split'][kind]:7.1f}%" for r in rows))
     result = {"benchmark": "batch_throughput", "recipe": args.recipe, "model": cfg["model"],
               "width_mult": cfg["width_mult"], "resolution": int(x.shape[-1]), "madds": madds,
-              "channels_last": not args.nchw, "compiled": args.compile, "rounds": args.rounds, "images_per_round": args.images,
+              "channels_last": not args.nchw, "compiled": args.compile, "amp": args.amp, "rounds": args.rounds, "images_per_round": args.images,
               "machine": machine, "sgemm_gflops_after": round(sgemm_after, 1), "batches": rows}
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -22,5 +22,5 @@ $PIP install -e ".${extra}" 2>&1 | grep -v "is ignored" || true
 .venv/bin/python -c "import mobilenets, onnx, onnxruntime" 
 # The test extra brings the phone engines (the 'mobile' extra's packages) too.
 if [ "${1:-}" = "--test" ]; then
-  .venv/bin/python -c "import executorch.runtime, openvino, litert_torch, ai_edge_litert.interpreter"
+  .venv/bin/python -c "import executorch.runtime, openvino, nncf, litert_torch, ai_edge_litert.interpreter"
 fi

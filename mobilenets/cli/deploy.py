@@ -13,6 +13,7 @@ from ..deploy.bench import BACKENDS, format_table, run_bench
 from ..deploy.export import FORMATS, export, preprocessing_of, resolve_model
 from ..deploy.predict import Predictor, predict_image
 from ..deploy.mobile import describe_delegation
+from ..deploy.openvino import quantize_openvino_checkpoint
 from ..deploy.quantize import CALIBRATION_METHODS, quantize_checkpoint, quantize_pte_checkpoint
 from ..deploy.task_export import export_onnx
 from ..deploy.verify import describe, verify_file
@@ -35,15 +36,16 @@ def add_commands(sub) -> None:
     add_pretrained_option(p)
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("quantize", help="int8 ONNX (or ExecuTorch .pte) by static quantization "
-                                        "with a calibration set")
+    p = sub.add_parser("quantize", help="int8 ONNX (ONNX Runtime or OpenVINO) or ExecuTorch .pte by "
+                                        "static quantization with a calibration set")
     p.add_argument("checkpoint", help="a .safetensors checkpoint, or a model name (random weights; "
                                       "with --pretrained, its published ones)")
     p.add_argument("--data", default="fashion-mnist",
                    help="'fashion-mnist' or a .npy file of uint8 images at the model's input size")
     p.add_argument("--out", required=True, help="output .onnx file (.pte with --format executorch)")
-    p.add_argument("--format", choices=("onnx", "executorch"), default="onnx",
-                   help="onnx: ONNX Runtime QDQ; executorch: XNNPACK int8 .pte (PT2E, minmax only)")
+    p.add_argument("--format", choices=("onnx", "openvino", "executorch"), default="onnx",
+                   help="onnx: ONNX Runtime QDQ; openvino: NNCF's int8 .onnx for OpenVINO; "
+                        "executorch: XNNPACK int8 .pte (PT2E, minmax only)")
     p.add_argument("--calib-size", type=int, default=512, help="calibration images (default 512)")
     p.add_argument("--method", choices=CALIBRATION_METHODS, default="minmax")
     p.add_argument("--eval-size", type=int, default=10000,
@@ -135,6 +137,8 @@ def _cmd_quantize(args) -> int:
     model, meta = resolve_model(args.checkpoint, **model_kwargs(args))
     if args.format == "executorch":
         return _quantize_pte(model, meta, args)
+    if args.format == "openvino":
+        return _quantize_openvino(model, meta, args)
     s = quantize_checkpoint(model, meta, args.out, args.data, args.calib_size, args.method,
                             args.eval_size, args.qat_steps if args.qat else 0)
     if args.json:
@@ -143,6 +147,24 @@ def _cmd_quantize(args) -> int:
     print(f"wrote {s['out']} (int8 QDQ, {s['calibration_images']} calibration images, {s['method']})")
     if "top1_int8" in s:
         print(f"top-1 on {s['eval_images']} test images: fp32 {s['top1_fp32']:.2f}%, "
+              f"int8 {s['top1_int8']:.2f}% ({s['top1_int8'] - s['top1_fp32']:+.2f} points)")
+    return 0
+
+
+def _quantize_openvino(model: nn.Module, meta: dict, args) -> int:
+    if args.method != "minmax":
+        raise MobileNetsError(f"--method {args.method}: the openvino format calibrates with "
+                              "minmax only (NNCF)")
+    if Path(args.out).suffix != ".onnx":
+        raise MobileNetsError(f"--out {args.out}: the openvino format writes an .onnx file")
+    s = quantize_openvino_checkpoint(model, meta, args.out, args.data, args.calib_size, args.eval_size,
+                                     args.qat_steps if args.qat else 0)
+    if args.json:
+        print(json.dumps(s))
+        return 0
+    print(f"wrote {s['out']} (OpenVINO int8 by NNCF, {s['calibration_images']} calibration images)")
+    if "top1_int8" in s:
+        print(f"top-1 on {s['eval_images']} test images on OpenVINO: fp32 {s['top1_fp32']:.2f}%, "
               f"int8 {s['top1_int8']:.2f}% ({s['top1_int8'] - s['top1_fp32']:+.2f} points)")
     return 0
 

@@ -30,12 +30,13 @@ from .export import INPUT_NAME, export, export_metadata, onnx_metadata, ort_sess
 from ..datasets.calibration import calibration_set
 from .backends import BACKENDS as FILE_BACKENDS, OpenVinoBackend
 from .fuse import prepare_for_inference
+from .openvino import quantize_openvino
 from .quantize import quantize_onnx
 from ..models.mobilenet import create_model, model_defaults
 from ..models.profile import profile
 
-BACKENDS = ("eager", "compiled", "onnxruntime", "int8",
-            "executorch", "executorch-int8", "openvino", "litert")   # the last four: the 'mobile' extra
+BACKENDS = ("eager", "compiled", "onnxruntime", "int8", "executorch", "executorch-int8",
+            "openvino", "openvino-int8", "litert")   # from executorch on: the 'mobile' extra
 PHONE_FILES = {".pte": "executorch", ".tflite": "litert"}   # a file benched alone: its backend
 PEERS = ("torchvision", "timm")
 ROUNDS = 5   # turns each contender takes per batch size
@@ -201,7 +202,7 @@ def contenders(spec: str | nn.Module, backends: list[str], vs: list[str], workdi
     if isinstance(spec, str) and Path(spec).suffix in PHONE_FILES:
         return _phone_file_contender(Path(spec), threads)
     # A peer gets its BN statistics from the same images as ours (see _peer_contenders).
-    want_calib = bool({"int8", "executorch-int8"} & set(backends)) or bool(vs)
+    want_calib = bool({"int8", "executorch-int8", "openvino-int8"} & set(backends)) or bool(vs)
     model, meta, info, calib = benchmark_model(spec, resolution, calib_size, want_calib, log)
     res = info["preprocessing"]["resolution"]
     madds = _madds(model, res)
@@ -211,7 +212,7 @@ def contenders(spec: str | nn.Module, backends: list[str], vs: list[str], workdi
         out.append(Contender("eager", "fp32", madds, _torch_call(fused)))
     if "compiled" in backends:
         out.append(Contender("compiled", "fp32", madds, _compiled_call(fused)))
-    if {"onnxruntime", "int8", "openvino"} & set(backends):
+    if {"onnxruntime", "int8", "openvino", "openvino-int8"} & set(backends):
         fp32 = workdir / "fp32.onnx"
         log(f"exporting {getattr(model, 'model_name', 'the model')} to ONNX")
         # Checked on real images: they keep the random-weight model in the range its BN
@@ -226,6 +227,10 @@ def contenders(spec: str | nn.Module, backends: list[str], vs: list[str], workdi
             out.append(Contender("int8", "int8", madds, _ort_call(q, threads)))
         if "openvino" in backends:
             out.append(Contender("openvino", "fp32", madds, _backend_call(OpenVinoBackend(fp32, threads))))
+        if "openvino-int8" in backends:
+            log(f"quantizing to OpenVINO int8 (NNCF) with {len(calib)} calibration images")
+            q = quantize_openvino(fp32, workdir / "openvino_int8.onnx", calib)
+            out.append(Contender("openvino-int8", "int8", madds, _backend_call(OpenVinoBackend(q, threads))))
     out += _phone_contenders(model, meta, calib, backends, workdir, threads, madds, log)
     for peer in vs:
         out += _peer_contenders(peer, model, res, workdir, threads, calib)

@@ -12,7 +12,7 @@ import importlib
 from ..core.errors import MobileNetsError
 
 MOBILE_FORMATS = ("executorch", "tflite")
-MOBILE_PACKAGES = ("executorch", "litert_torch", "ai_edge_litert", "openvino")
+MOBILE_PACKAGES = ("executorch", "litert_torch", "ai_edge_litert", "openvino", "nncf")
 INSTALL_HINT = "pip install -e \".[mobile]\""
 
 
