@@ -115,12 +115,14 @@ NAS_NOTE = (
     "expensive first and last layers by hand (16 stem filters, the efficient last stage) and "
     "chose h-swish for the deeper half.",
     "",
-    "This project does not search architectures: the V3 tables are used as printed. `mobilenets "
-    "fit` only walks the α × ρ grid of one fixed table, keeps the pairs within the given "
-    "budgets (MAdds, parameters, V2 Table 3 memory, and latency measured on this machine) and "
-    "ranks them by MAdds, or by the top-1 of trained checkpoints when given. It changes no "
-    "layer's width on its own, measures no accuracy, and its latency is this CPU's, not a "
-    "phone's.",
+    "The V3 tables are used here as printed. `mobilenets fit` only walks the α × ρ grid of one "
+    "fixed table, keeps the pairs within the given budgets (MAdds, parameters, V2 Table 3 memory, "
+    "and latency measured on this machine) and ranks them by MAdds, or by the top-1 of trained "
+    "checkpoints when given; it changes no layer's width on its own. The two techniques that "
+    "produced V3 are verbs of their own, run on the user's engine rather than a Pixel phone: "
+    "`mobilenets adapt` (NetAdapt on a trained model, per-group width cuts priced by a measured "
+    "latency table) and `mobilenets search` (an evolutionary search with MnasNet's accuracy × "
+    "latency reward); `docs/search.md` describes them and what they measured on Fashion-MNIST.",
 )
 
 
@@ -258,7 +260,7 @@ def render_sections() -> str:
         lines.append(f"- {name}, {len(table)} checkpoints, {len(pairs)} inversions: " + "; ".join(
             f"α {a[0]:g} ρ {a[1]} ({table[a][0]}M, {table[a][1]}%) beats α {b[0]:g} ρ {b[1]} "
             f"({table[b][0]}M, {table[b][1]}%)" for a, b in pairs) + ".")
-    lines += ["", "## Where V3's tables came from, and what `fit` does instead", "", *NAS_NOTE]
+    lines += ["", "## Where V3's tables came from, and what `fit`, `adapt` and `search` do", "", *NAS_NOTE]
     return "\n".join(lines) + "\n"
 
 
