@@ -145,10 +145,15 @@ def _cmd_quantize(args) -> int:
         print(json.dumps(s))
         return 0
     print(f"wrote {s['out']} (int8 QDQ, {s['calibration_images']} calibration images, {s['method']})")
-    if "top1_int8" in s:
-        print(f"top-1 on {s['eval_images']} test images: fp32 {s['top1_fp32']:.2f}%, "
-              f"int8 {s['top1_int8']:.2f}% ({s['top1_int8'] - s['top1_fp32']:+.2f} points)")
+    _print_accuracy(s)
     return 0
+
+
+def _print_accuracy(s: dict, where: str = "") -> None:
+    """The fp32/int8 test top-1 line of a quantize summary, when it was scored."""
+    if "top1_int8" in s:
+        print(f"top-1 on {s['eval_images']} test images{where}: fp32 {s['top1_fp32']:.2f}%, "
+              f"int8 {s['top1_int8']:.2f}% ({s['top1_int8'] - s['top1_fp32']:+.2f} points)")
 
 
 def _quantize_openvino(model: nn.Module, meta: dict, args) -> int:
@@ -163,9 +168,7 @@ def _quantize_openvino(model: nn.Module, meta: dict, args) -> int:
         print(json.dumps(s))
         return 0
     print(f"wrote {s['out']} (OpenVINO int8 by NNCF, {s['calibration_images']} calibration images)")
-    if "top1_int8" in s:
-        print(f"top-1 on {s['eval_images']} test images on OpenVINO: fp32 {s['top1_fp32']:.2f}%, "
-              f"int8 {s['top1_int8']:.2f}% ({s['top1_int8'] - s['top1_fp32']:+.2f} points)")
+    _print_accuracy(s, " on OpenVINO")
     return 0
 
 
@@ -182,9 +185,7 @@ def _quantize_pte(model: nn.Module, meta: dict, args) -> int:
           f"minmax; {os.path.getsize(s['out']) / 2**20:.1f} MiB; "
           f"{describe_delegation(s['delegation'])})")
     print(f"top-1 agreement with fp32 on the calibration images: {s['agreement']:.1f}%")
-    if "top1_int8" in s:
-        print(f"top-1 on {s['eval_images']} test images: fp32 {s['top1_fp32']:.2f}%, "
-              f"int8 {s['top1_int8']:.2f}% ({s['top1_int8'] - s['top1_fp32']:+.2f} points)")
+    _print_accuracy(s)
     return 0
 
 

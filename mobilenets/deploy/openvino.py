@@ -32,9 +32,10 @@ from ..core.errors import MobileNetsError
 from ..core.io import atomic_path, check_writable
 from ..datasets.calibration import calibration_set, load_images, preprocessed
 from .backends import OpenVinoBackend
-from .export import INPUT_NAME, METADATA_KEY, export, export_metadata, onnx_metadata
+from .export import INPUT_NAME, METADATA_KEY, export, export_metadata
 from .mobile import first_line, require
 from .qat import finetune
+from .quantize import checked_calibration
 
 
 def quantize_openvino(fp32_path: str | os.PathLike, out: str | os.PathLike, calibration: torch.Tensor,
@@ -43,12 +44,7 @@ def quantize_openvino(fp32_path: str | os.PathLike, out: str | os.PathLike, cali
     (preprocessed images N×C×H×W), with the metadata copied over as precision "int8"."""
     import onnx
     nncf = require("nncf", f"{out}: OpenVINO int8")
-    if len(calibration) == 0:
-        raise MobileNetsError("calibration set is empty")
-    meta = onnx_metadata(fp32_path)
-    if list(calibration.shape[1:]) != meta["input_shape"]:
-        raise MobileNetsError(f"calibration images are {list(calibration.shape[1:])}, "
-                              f"{fp32_path} takes {meta['input_shape']}")
+    meta = checked_calibration(fp32_path, calibration)
     out = check_writable(out)
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet

@@ -85,12 +85,7 @@ def quantize_onnx(fp32_path: str | os.PathLike, out: str | os.PathLike, calibrat
         reduce_range = not cpu_has_vnni()
     if method not in CALIBRATION_METHODS:
         raise MobileNetsError(f"calibration method {method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
-    if len(calibration) == 0:
-        raise MobileNetsError("calibration set is empty")
-    meta = onnx_metadata(fp32_path)
-    if list(calibration.shape[1:]) != meta["input_shape"]:
-        raise MobileNetsError(f"calibration images are {list(calibration.shape[1:])}, "
-                              f"{fp32_path} takes {meta['input_shape']}")
+    meta = checked_calibration(fp32_path, calibration)
     out = check_writable(out)
     with tempfile.TemporaryDirectory(prefix="mobilenets-quant-") as tmpdir:
         prepped, rewritten = Path(tmpdir) / "prepped.onnx", Path(tmpdir) / "rewritten.onnx"
@@ -120,6 +115,17 @@ def quantize_onnx(fp32_path: str | os.PathLike, out: str | os.PathLike, calibrat
             onnx.save(proto, str(tmp))
             seal_file(tmp)
     return out
+
+
+def checked_calibration(fp32_path, calibration: torch.Tensor) -> dict:
+    """The fp32 file's metadata, once the calibration images are known to fit it."""
+    if len(calibration) == 0:
+        raise MobileNetsError("calibration set is empty")
+    meta = onnx_metadata(fp32_path)
+    if list(calibration.shape[1:]) != meta["input_shape"]:
+        raise MobileNetsError(f"calibration images are {list(calibration.shape[1:])}, "
+                              f"{fp32_path} takes {meta['input_shape']}")
+    return meta
 
 
 def _write_quantizable(fp32_path, out: Path, images: torch.Tensor) -> dict:
