@@ -11,7 +11,7 @@ adapted path's short fine-tunes and its long fine-tune), and test top-1 is compa
 0.8× V3-Small's own measured latency); the found table is then trained with the shipped recipe
 beside V3-Small and V2 scaled by α to the found network's measured latency, same epochs.
 
-    python benchmarks/search_evidence.py adapt [--ratio 0.5] [--seeds 0,1]
+    python benchmarks/search_evidence.py adapt [--ratio 0.5] [--seeds 0,1] [--adapt-seeds 0,1]   # --seeds '': no α trainings
     python benchmarks/search_evidence.py search [--candidates 20] [--proxy-steps 200] [--epochs 3]
 
 Models to be compared are re-measured together, in turns, before α is chosen. The trainings
@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from mobilenets import create_model  # noqa: E402
 from mobilenets.analysis.search.adapt import plot_history  # noqa: E402
 from mobilenets.analysis.search.evolve import load_arch  # noqa: E402
-from mobilenets.analysis.search.latency import measure_model  # noqa: E402
+from mobilenets.analysis.search.latency import measure_models  # noqa: E402
 from mobilenets.core.io import atomic_write_text  # noqa: E402
 from mobilenets.core.machine import describe_machine  # noqa: E402
 from mobilenets.models.mobilenet import load_model  # noqa: E402
@@ -64,15 +64,12 @@ def cli(*args: str, threads: int | None = None, wait: bool = True):
     return subprocess.Popen(cmd, cwd=ROOT, env=env)
 
 
-def measure_together(models: dict, turns: int = 3) -> dict:
+def measure_together(models: dict, turns: int = 6) -> dict:
     """Each model's latency, the lowest over `turns` passes over all of them, so a slow spell
     of the machine falls on one pass, not on one model."""
-    best = {k: float("inf") for k in models}
     with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(turns):
-            for name, model in models.items():
-                best[name] = min(best[name], measure_model(model, "onnxruntime", 1, 1, 28, Path(tmp)))
-    return {k: round(v, 5) for k, v in best.items()}
+        ms = measure_models(list(models.values()), "onnxruntime", 1, 1, 28, Path(tmp), passes=turns)
+    return {k: round(v, 5) for k, v in zip(models, ms)}
 
 
 def nearest(latency: dict, prefix: str, alphas, target_ms: float) -> float:
@@ -111,52 +108,78 @@ def write(path: str, doc: dict, machine: dict) -> None:
     print(f"wrote {path}")
 
 
-def adapt_evidence(args) -> None:
-    run, machine = ROOT / args.run_dir / "adapt", describe_machine(1)
-    adapt_dir = run / "adapt"
-    adapt_seconds = None     # when this invocation ran all of it
+def run_adapt(args, adapt_dir: Path, seed: int) -> dict:
+    """One `mobilenets adapt` run (resumed if it stopped); its report, with its wall time when this
+    invocation ran all of it."""
+    seconds = None
     if not (adapt_dir / "report.json").exists():
         fresh, started = not (adapt_dir / "adapt_state.json").exists(), time.perf_counter()
         cli("adapt", args.weights, "--data", "fashion-mnist", "--engine", "onnxruntime", "--threads", "1",
             "--target-latency-ratio", str(args.ratio), "--initial-reduction", str(args.initial_reduction),
             "--short-steps", str(args.short_steps), "--final-steps", str(args.final_steps),
-            "--val-images", str(args.val_images), "--seed", "0", "--out", str(adapt_dir),
+            "--val-images", str(args.val_images), "--seed", "0", "--finetune-seed", str(seed),
+            "--out", str(adapt_dir),
             *([] if fresh else ["--resume"]))
-        adapt_seconds = round(time.perf_counter() - started, 1) if fresh else None
-    adapted = json.loads((adapt_dir / "report.json").read_text())
+        seconds = round(time.perf_counter() - started, 1) if fresh else None
+        if seconds is not None:
+            atomic_write_text(adapt_dir / "seconds.json", json.dumps({"seconds": seconds}))
+    elif (adapt_dir / "seconds.json").exists():
+        seconds = json.loads((adapt_dir / "seconds.json").read_text())["seconds"]
+    return {**json.loads((adapt_dir / "report.json").read_text()), "seconds": seconds, "seed": seed}
+
+
+def adapt_evidence(args) -> None:
+    run, machine = ROOT / args.run_dir / "adapt", describe_machine(1)
+    adapt_seeds = [int(x) for x in args.adapt_seeds.split(",")]
+    adapted = [run_adapt(args, run / f"adapt-seed{seed}", seed) for seed in adapt_seeds]
 
     start = json.loads((ROOT / START_REPORT).read_text())["report"]
     per_epoch = math.ceil((FMNIST_TRAIN_IMAGES - start["val_images"]) / RECIPE_BATCH)
     start_steps = start["epochs"] * per_epoch
-    adapt_steps = adapted["iterations"] * args.short_steps + args.final_steps
+    adapt_steps = max(a["iterations"] for a in adapted) * args.short_steps + args.final_steps
     epochs = round((start_steps + adapt_steps) / per_epoch)
 
-    models = {"adapted": load_model(adapted["weights"])[0].eval()}
+    models = {f"adapted seed {a['seed']}": load_model(a["weights"])[0].eval() for a in adapted}
     models.update({f"V2 {a}": create_model("mobilenet_v2", width_mult=a, **FMNIST).eval() for a in V2_ALPHAS})
     latency = measure_together(models)
-    alpha = nearest(latency, "V2", V2_ALPHAS, latency["adapted"])
-    print(f"adapted {latency['adapted']:.4f} ms; nearest V2 α {alpha} at {latency[f'V2 {alpha}']:.4f} ms; "
-          f"trained {epochs} epochs ({epochs * per_epoch} steps) against {start_steps} + {adapt_steps}", flush=True)
-    seeds = [int(x) for x in args.seeds.split(",")]
+    adapted_ms = [latency[f"adapted seed {a['seed']}"] for a in adapted]
+    alpha = nearest(latency, "V2", V2_ALPHAS, sum(adapted_ms) / len(adapted_ms))
+    print(f"adapted {', '.join(f'{ms:.4f}' for ms in adapted_ms)} ms; nearest V2 α {alpha} at "
+          f"{latency[f'V2 {alpha}']:.4f} ms; trained {epochs} epochs ({epochs * per_epoch} steps) against "
+          f"{start_steps} + {adapt_steps}", flush=True)
+    seeds = [int(x) for x in args.seeds.split(",") if x]   # none: the adapt runs alone, no α trainings
     reports = train_all({run / f"v2-{alpha}-seed{seed}": ["--width-mult", str(alpha), "--set", f"epochs={epochs}",
                                                            "--seed", str(seed)] for seed in seeds})
     baselines = [summary(r, seed=seed, width_mult=alpha) for seed, r in zip(seeds, reports.values())]
-    plot_history(adapt_dir, [{"label": f"V2 α {alpha}, seed {b['seed']} (from scratch)",
-                              "measured_ms": latency[f"V2 {alpha}"], "val_top1": b["val_top1"]} for b in baselines])
+    first = run / f"adapt-seed{adapt_seeds[0]}"
+    plot_history(first, [{"label": f"V2 α {alpha}, seed {b['seed']} (from scratch)",
+                          "measured_ms": latency[f"V2 {alpha}"], "val_top1": b["val_top1"]} for b in baselines]
+                 + [{"label": f"adapted, seed {a['seed']}", "measured_ms": ms, "val_top1": a["val_top1"]}
+                    for a, ms in zip(adapted[1:], adapted_ms[1:])])
     png = Path(args.out or "benchmarks/results/search_evidence_adapt.json").with_suffix(".png")
-    shutil.copyfile(adapt_dir / "adapt.png", png)
-    mean = sum(b["test_top1"] for b in baselines) / len(baselines)
+    shutil.copyfile(first / "adapt.png", png)
+    mean = sum(b["test_top1"] for b in baselines) / len(baselines) if baselines else None
+    adapted_mean = sum(a["test_top1"] for a in adapted) / len(adapted)
     write(args.out or "benchmarks/results/search_evidence_adapt.json", {
-        "adapt": {"seconds": adapt_seconds, "start": adapted["start"], "target_ms": adapted["target"],
-                  "iterations": adapted["iterations"], "plan": adapted["plan"], "madds": adapted["madds"],
-                  "measured_ms": latency["adapted"], "val_top1": adapted["val_top1"],
-                  "test_top1": adapted["test_top1"], "settings": adapted["settings"]},
+        "adapt": [{"seed": a["seed"], "seconds": a["seconds"], "start": a["start"], "target_ms": a["target"],
+                   "iterations": a["iterations"], "plan": a["plan"], "madds": a["madds"],
+                   "measured_ms_by_adapt": a["measured_ms"], "measured_ms": ms, "val_top1": a["val_top1"],
+                   "test_top1": a["test_top1"], "settings": a["settings"],
+                   "history": [{k: r[k] for k in ("iteration", "label", "width", "cost", "table_miss", "measured_ms",
+                                                  "val_top1") if k in r}
+                               for r in map(json.loads, (run / f"adapt-seed{a['seed']}" / "history.jsonl")
+                                            .read_text().splitlines())]}
+                  for a, ms in zip(adapted, adapted_ms)],
         "training_steps": {"start_model": start_steps, "adapt_kept_path": adapt_steps,
                            "alpha_models": epochs * per_epoch, "batch": RECIPE_BATCH},
         "latency_ms": latency, "alpha": alpha, "alpha_models": baselines,
-        "test_top1_adapted_minus_alpha_mean": round(adapted["test_top1"] - mean, 4), "plot": str(png)}, machine)
-    print(f"adapted: {latency['adapted']:.4f} ms, test top-1 {adapted['test_top1']:.4f}; V2 α {alpha}: "
-          f"{latency[f'V2 {alpha}']:.4f} ms, test top-1 " + ", ".join(f"{b['test_top1']:.4f}" for b in baselines))
+        "test_top1_adapted_mean": round(adapted_mean, 4),
+        "test_top1_alpha_mean": None if mean is None else round(mean, 4),
+        "test_top1_adapted_minus_alpha_mean": None if mean is None else round(adapted_mean - mean, 4),
+        "plot": str(png)}, machine)
+    for a, ms in zip(adapted, adapted_ms):
+        print(f"adapted seed {a['seed']}: {ms:.4f} ms, test top-1 {a['test_top1']:.4f}")
+    print(f"V2 α {alpha}: {latency[f'V2 {alpha}']:.4f} ms, test top-1 " + ", ".join(f"{b['test_top1']:.4f}" for b in baselines))
 
 
 def search_evidence(args) -> None:
@@ -213,7 +236,8 @@ def main() -> None:
     a = sub.add_parser("adapt")
     a.add_argument("--weights", default=WEIGHTS)
     a.add_argument("--ratio", type=float, default=0.5)
-    a.add_argument("--seeds", default="0,1", help="seeds of the α-scaled trainings")
+    a.add_argument("--seeds", default="0,1", help="seeds of the α-scaled trainings (empty: none)")
+    a.add_argument("--adapt-seeds", default="0,1", help="fine-tune seeds of the adapt runs (the val split stays the start model's)")
     a.add_argument("--short-steps", type=int, default=50)
     a.add_argument("--final-steps", type=int, default=1000)
     a.add_argument("--initial-reduction", type=float, default=0.12)

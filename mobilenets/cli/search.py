@@ -48,7 +48,9 @@ def add_commands(sub) -> None:
                    help="the held-out split the model was trained with (default: the data's)")
     p.add_argument("--val-images", type=int, default=AdaptSettings.val_images,
                    help="val images that score each proposal")
-    p.add_argument("--seed", type=int, default=0, help="the seed the model was trained with")
+    p.add_argument("--seed", type=int, default=0, help="the seed the model was trained with (it draws the val split)")
+    p.add_argument("--finetune-seed", type=int, default=None,
+                   help="the fine-tunes' batch order, for a second run of the same model (default: --seed)")
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.set_defaults(func=_cmd_adapt)
@@ -101,7 +103,7 @@ def _cmd_adapt(args) -> int:
             initial_reduction=args.initial_reduction, reduction_decay=args.reduction_decay,
             short_steps=args.short_steps, final_steps=args.final_steps, batch_size=args.batch_size,
             val_fraction=args.val_fraction,
-            val_images=args.val_images, seed=args.seed)
+            val_images=args.val_images, seed=args.seed, finetune_seed=args.finetune_seed)
         report = adapt(args.weights, args.out, settings, args.table, progress=tqdm)
     print(json.dumps({k: report[k] for k in ("weights", "measured_ms", "val_top1", "test_top1")}))
     return 0

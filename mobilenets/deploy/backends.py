@@ -105,6 +105,20 @@ def is_training_checkpoint(path: Path) -> bool:
     return isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT
 
 
+def compile_for_openvino(path: Path, threads: int | None = None):
+    """Any .onnx file compiled by OpenVINO's CPU plugin as `OpenVinoBackend` runs it (no
+    mobilenets metadata needed: also for files made by other tools)."""
+    ov = require("openvino", "The openvino backend")
+    core = ov.Core()
+    config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
+              "INFERENCE_NUM_THREADS": str(threads or torch.get_num_threads()),
+              "INFERENCE_PRECISION_HINT": "f32"}
+    try:
+        return core.compile_model(core.read_model(str(path)), "CPU", config)
+    except RuntimeError as e:
+        raise MobileNetsError(f"{path}: OpenVINO cannot compile it ({first_line(e)})") from e
+
+
 class OpenVinoBackend:
     """An fp32 .onnx file from `mobilenets export` on OpenVINO's CPU plugin (the 'mobile' extra):
     a `bench` backend, not one `Predictor` picks by suffix.
@@ -114,16 +128,9 @@ class OpenVinoBackend:
     would compare a bf16 model with fp32 ones."""
 
     def __init__(self, path: Path, threads: int | None = None):
-        ov = require("openvino", "The openvino backend")
+        require("openvino", "The openvino backend")
         self.meta = onnx_metadata(path)
-        core = ov.Core()
-        config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
-                  "INFERENCE_NUM_THREADS": str(threads or torch.get_num_threads()),
-                  "INFERENCE_PRECISION_HINT": "f32"}
-        try:
-            self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
-        except RuntimeError as e:
-            raise MobileNetsError(f"{path}: OpenVINO cannot compile it ({first_line(e)})") from e
+        self.compiled = compile_for_openvino(path, threads)
         self.request = self.compiled.create_infer_request()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ import copy
 import json
 import os
 import struct
+import tempfile
 import weakref
 from pathlib import Path
 
@@ -164,6 +165,48 @@ def _pt2e_int8(program, calibration: torch.Tensor, batch: int = 32) -> nn.Module
         for chunk in calibration.split(batch):
             prepared(chunk)
     return convert_pt2e(prepared)
+
+
+def xnnpack_operators(path: str | os.PathLike, x: torch.Tensor) -> list[list[str]]:
+    """The XNNPACK operators one run of the .pte at `path` on `x` executes, as its event tracer
+    names them ("Convolution (NHWC, QC8) IGEMM", "Convert (NC)", ...), one list per delegate call."""
+    from executorch.devtools.etdump.serialize import deserialize_from_etdump_flatcc
+    from executorch.runtime import Runtime, Verification
+    program = Runtime.get().load_program(str(path), verification=Verification.Minimal, enable_etdump=True,
+                                         debug_buffer_size=1 << 20)
+    program.load_method("forward").execute([x.contiguous()])
+    with tempfile.TemporaryDirectory(prefix="mobilenets-etdump-") as d:
+        program.write_etdump_result_to_file(f"{d}/run.etdp", f"{d}/debug.bin")
+        dump = deserialize_from_etdump_flatcc(Path(f"{d}/run.etdp").read_bytes())
+    calls, current = [], []
+    for run in dump.run_data:
+        for event in run.events:
+            pe = event.profile_event
+            if pe is None:
+                continue
+            if pe.name == "DELEGATE_CALL":
+                calls.append(current)
+                current = []
+            elif pe.name is None and pe.delegate_debug_id_str:
+                current.append(pe.delegate_debug_id_str.rsplit(" #", 1)[0])
+    return calls
+
+
+def xnnpack_float_ops(calls: list[list[str]]) -> dict:
+    """The operators of `xnnpack_operators` that run in float, by name ({name: count}): those XNNPACK
+    names with a float type, and the untyped ones (Mean, Multiply, ...) between a Convert that
+    leaves int8 and the next that enters it. Each delegate call starts on float input."""
+    out: dict[str, int] = {}
+    for ops in calls:
+        floating = True
+        for op in ops:
+            if op.startswith("Convert"):
+                floating = not floating
+                continue
+            typed = [t for t in ("F32", "F16", "QS8", "QU8", "QC8", "QD8", "X8") if t in op]
+            if any(t in ("F32", "F16") for t in typed) or (floating and not typed):
+                out[op] = out.get(op, 0) + 1
+    return dict(sorted(out.items()))
 
 
 def quantize_pte(model: nn.Module, meta: dict | None, out: str | os.PathLike,

@@ -31,7 +31,7 @@ from ..core.checksum import seal_file, with_placeholder
 from ..core.errors import MobileNetsError
 from ..core.io import atomic_path, check_writable
 from ..datasets.calibration import calibration_set, load_images, preprocessed
-from .backends import OpenVinoBackend
+from .backends import OpenVinoBackend, compile_for_openvino
 from .export import INPUT_NAME, METADATA_KEY, export, export_metadata
 from .mobile import first_line, require
 from .qat import finetune
@@ -130,3 +130,20 @@ def int8_share(path: Path, threads: int = 1) -> float:
     convs = [op.get_rt_info()["runtimePrecision"].astype(str) for op in backend.compiled.get_runtime_model().get_ops()
              if op.get_rt_info()["layerType"].astype(str) == "Convolution"]
     return float(np.mean([p in ("i8", "u8") for p in convs])) if convs else 0.0
+
+
+# Nodes of a compiled model that move or hold data rather than compute.
+_OV_BOOKKEEPING = {"Input", "Output", "Parameter", "Result", "Const", "Constant", "Reorder", "Reshape",
+                   "Concatenation", "Split", "Transpose"}
+
+
+def float_ops(path: Path, threads: int = 1) -> dict:
+    """The compute nodes OpenVINO's CPU plugin runs in float after compiling the int8 `path`, by
+    layer type ({type: count}): the work its quantize/dequantize pairs did not fold into int8."""
+    out: dict[str, int] = {}
+    for op in compile_for_openvino(path, threads).get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        kind, precision = info["layerType"].astype(str), info["runtimePrecision"].astype(str)
+        if kind not in _OV_BOOKKEEPING and precision in ("f32", "bf16", "f16"):
+            out[kind] = out.get(kind, 0) + 1
+    return dict(sorted(out.items()))

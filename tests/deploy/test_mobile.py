@@ -258,3 +258,36 @@ def test_cut_tflite_is_one_line_error_before_the_interpreter(tmp_path):
         (tmp_path / "cut.tflite").write_bytes(data[:cut])
         with pytest.raises(MobileNetsError, match=r"cut\.tflite: not a readable TFLite file \("):
             Predictor(tmp_path / "cut.tflite")
+
+
+def test_event_tracer_names_the_float_work_of_each_file(models, pte, pte_int8):
+    """ExecuTorch's event tracer names what XNNPACK ran. fp32: every convolution of the fused
+    model runs as an F32 convolution or matrix product. int8: every convolution runs in 8 bits;
+    V2 runs nothing in float, V3-Small's squeeze-excite and h-swish arithmetic does (listed in
+    docs/deploy.md), but no convolution."""
+    from mobilenets.deploy.fuse import prepare_for_inference
+    _, ms = models
+    fp32, _ = pte
+    int8, _ = pte_int8
+    x = preprocessed(fmnist_test_images(1)[0], PRE)
+    fused = prepare_for_inference(ms["v2"], channels_last=False)
+    layers = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in fused.modules())
+    calls = executorch.xnnpack_operators(fp32["v2"], x)
+    assert not any(t in op for ops in calls for op in ops for t in ("QS8", "QC8", "QU8"))
+    ops = executorch.xnnpack_float_ops(calls)
+    assert sum(n for op, n in ops.items() if op.startswith(("Convolution", "Fully Connected"))) == layers
+    for name in ("v2", "v3"):
+        calls = executorch.xnnpack_operators(int8[name], x)
+        assert sum(op.startswith("Convolution") and "QC8" in op for op in calls[0]) > 0
+        floating = executorch.xnnpack_float_ops(calls)
+        assert not any(op.startswith(("Convolution", "Fully Connected")) for op in floating), (name, floating)
+        if name == "v2":
+            assert floating == {}
+
+
+def test_float_ops_follow_the_converts_between_int8_and_float():
+    calls = [["Convert (NC)", "Convolution (NHWC, QC8) IGEMM", "Convert (NC)", "Mean (ND)", "Multiply (ND)",
+              "Convert (NC)", "Add (ND, QS8)", "Convolution (NHWC, F32) IGEMM", "Convert (NC)", "Mean (ND)"],
+             ["Mean (ND)"]]
+    assert executorch.xnnpack_float_ops(calls) == {"Convolution (NHWC, F32) IGEMM": 1, "Mean (ND)": 3,
+                                                  "Multiply (ND)": 1}

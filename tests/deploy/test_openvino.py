@@ -14,7 +14,7 @@ from mobilenets.datasets.calibration import FASHION_MNIST_CLASSES, calibration_s
 from mobilenets.deploy import mobile
 from mobilenets.deploy.backends import OpenVinoBackend
 from mobilenets.deploy.export import INPUT_NAME, export, ort_session
-from mobilenets.deploy.openvino import int8_share, quantize_openvino
+from mobilenets.deploy.openvino import float_ops, int8_share, quantize_openvino
 from mobilenets.deploy.predict import Predictor
 from mobilenets.deploy.quantize import quantize_onnx
 
@@ -51,6 +51,11 @@ def test_cli_writes_a_checked_int8_file_openvino_runs_in_int8(models, tmp_path, 
     assert int8_share(out) == 1.0
     assert main(["export", str(d / "v2.safetensors"), "--out", str(tmp_path / "v2.onnx")]) == 0
     assert int8_share(tmp_path / "v2.onnx") == 0.0
+    # The fp32 file runs every convolution of the exported graph in float; the int8 file none.
+    import onnx
+    convs = sum(n.op_type == "Conv" for n in onnx.load(str(tmp_path / "v2.onnx")).graph.node)
+    assert float_ops(tmp_path / "v2.onnx").get("Convolution") == convs
+    assert "Convolution" not in float_ops(out)
     assert main(["verify", str(out)]) == 0
     # Predictor runs the same file on ONNX Runtime.
     images, _ = fmnist_test_images(4)

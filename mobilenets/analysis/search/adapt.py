@@ -9,9 +9,16 @@ largest L2 norm, fine-tunes it for a few steps and scores it on the held-out val
 proposal with the best val top-1 becomes the model; its latency is measured on the engine. When
 the budget is met a long fine-tune follows, and the test split is scored once, at the end.
 
+A latency budget is in measured milliseconds, not in the table's: the table prices the widths,
+and its miss on the current model (measured less predicted, re-measured every iteration) is
+added to every proposal's price, so a table that is off by a constant or by a slope still steers
+the cuts, and the run stops when the engine, not the table, says the budget is met. Each model
+is timed in turns with the start model and put on the scale of the start's first measurement,
+so that a machine slower or faster than when the run began does not move the verdict.
+
 Every proposal and iteration is written to the run directory as it ends, so a killed run
 resumes at the next proposal and ends as the uninterrupted run would: each proposal's
-fine-tune is seeded by (seed, iteration, position) alone. Under torchrun the proposals of an
+fine-tune is seeded by (fine-tune seed, iteration, position) alone. Under torchrun the proposals of an
 iteration are spread over the ranks, which then all read every result and make the same choice.
 """
 from __future__ import annotations
@@ -35,10 +42,13 @@ from ...models.profile import profile
 from ...models.weights import save_weights
 from ...train import distributed
 from .finetune import long_finetune, open_search_data, short_finetune, top1
-from .latency import (check_table, load_table, madds_table, measure_model, measure_table, predict,
+from .latency import (check_table, load_table, madds_table, measure_models, measure_table, predict,
                       save_table)
 
 STATE = "adapt_state.json"
+# The stop rule reads one number per iteration: on a shared machine one `_time` fell in a slow
+# spell as often as not (0.59-1.2 ms for one model), the lowest of five did not.
+MEASURE_PASSES = 5
 
 
 @dataclass
@@ -60,7 +70,8 @@ class AdaptSettings:
     batch_size: int = 128
     val_fraction: int | float | None = None   # the split the model was trained with
     val_images: int | None = 2000
-    seed: int = 0
+    seed: int = 0                       # the one the model was trained with: it draws the val split
+    finetune_seed: int | None = None    # the fine-tunes' batch order (default: seed)
     step: int = 8                       # widths are multiples of it
     max_iterations: int = 50
 
@@ -160,7 +171,6 @@ def adapt(weights: str, out: str | Path, settings: AdaptSettings, table_path: st
     elif state_path.exists():
         raise MobileNetsError(f"{out}: holds an adapt run already; --resume it or choose another --out")
     _check_targets(settings)
-    torch.set_num_threads(settings.threads)
     start, _meta = load_model(weights)
     start.eval()
     resolution = start.pretrained_cfg.get("resolution", 224)
@@ -176,12 +186,18 @@ def adapt(weights: str, out: str | Path, settings: AdaptSettings, table_path: st
             state = {"settings": asdict(settings), "weights": str(weights), "iteration": 0, "done": False,
                      "start": {"cost": start_cost, "measured_ms": measured,
                                "val_top1": top1(start, scoring, len(classes))},
-                     "current": str(out / "start.safetensors")}
-            _save(start, out / "start.safetensors", classes)
+                     "current": str(out / "start.safetensors"), "current_measured_ms": measured}
             state["target"] = _final_target(settings, state["start"])
-            if state["target"] >= start_cost:
+            now, floor = _budget_terms(state["start"]), _floor(start, settings, cost, resolution)
+            unit = "measured latency (ms)" if table else "multiply-adds"
+            if state["target"] >= now:
                 raise MobileNetsError(f"target {state['target']:.4g} is not below the model's current "
-                                      f"{'latency' if table else 'multiply-adds'} {start_cost:.4g}")
+                                      f"{unit} {now:.4g}")
+            if state["target"] < floor:
+                raise MobileNetsError(f"target {state['target']:.4g} is below anything reachable: the narrowest "
+                                      f"plan ({settings.step} channels everywhere) has {unit} {floor:.4g}")
+            state["floor"] = floor
+            _save(start, out / "start.safetensors", classes)
             atomic_write_text(state_path, json.dumps(state, indent=1))
             log(f"start: {_describe(state['start'], table)}; target {state['target']:.4g}")
         distributed.barrier(ctx)
@@ -211,8 +227,30 @@ def _check_targets(s: AdaptSettings) -> None:
 
 def _final_target(s: AdaptSettings, start: dict) -> float:
     if s.target_latency_ratio is not None:
-        return s.target_latency_ratio * start["cost"]
+        return s.target_latency_ratio * _budget_terms(start)
     return float(s.target_latency_ms if s.target_latency_ms is not None else s.target_madds)
+
+
+def _finetune_seed(s: AdaptSettings) -> int:
+    return s.seed if s.finetune_seed is None else s.finetune_seed
+
+
+def _budget_terms(entry: dict) -> float:
+    """A model's size in the budget's unit: measured ms for a latency budget, else multiply-adds."""
+    measured = entry["measured_ms"]
+    return entry["cost"] if measured != measured else measured   # NaN: a multiply-add budget
+
+
+def _floor(model, s: AdaptSettings, cost, resolution: int) -> float:
+    """The narrowest plan's size in the budget's unit: every width position at `step` channels."""
+    plan = plan_of(model.arch)
+    for _pos, _label, slots in _positions(model.arch):
+        plan = _set(plan, slots, s.step)
+    if s.target_madds is not None:
+        return cost(plan)
+    from ...models.mobilenet import create_model
+    narrow = create_model(model.model_name, **{**model.model_kwargs, "channel_plan": plan}).eval()
+    return _measure(narrow, s, resolution)
 
 
 def _table(model, s: AdaptSettings, out: Path, table_path, resume, ctx, progress, log) -> dict:
@@ -234,7 +272,22 @@ def _measure(model, s: AdaptSettings, resolution: int) -> float:
     if s.target_madds is not None:
         return float("nan")
     with tempfile.TemporaryDirectory(prefix="mobilenets-adapt-") as tmp:
-        return measure_model(model, s.engine, s.threads, s.batch, resolution, Path(tmp))
+        return measure_models([model], s.engine, s.threads, s.batch, resolution, Path(tmp),
+                              passes=MEASURE_PASSES)[0]
+
+
+def _measure_beside_start(model, state: dict, out: Path, s: AdaptSettings, resolution: int) -> dict:
+    """`model`'s latency timed in turns with the start model's, on the scale of the start's first
+    measurement: {"measured_ms" (that scale), "raw_ms", "start_now_ms"}. A machine that runs slower
+    or faster than when the run began moves both alike, and not the budget's verdict."""
+    if s.target_madds is not None:
+        nan = float("nan")
+        return {"measured_ms": nan, "raw_ms": nan, "start_now_ms": nan}
+    start, _ = load_model(out / "start.safetensors")
+    with tempfile.TemporaryDirectory(prefix="mobilenets-adapt-") as tmp:
+        raw, start_now = measure_models([model.eval(), start.eval()], s.engine, s.threads, s.batch, resolution,
+                                        Path(tmp), passes=MEASURE_PASSES)
+    return {"measured_ms": state["start"]["measured_ms"] * raw / start_now, "raw_ms": raw, "start_now_ms": start_now}
 
 
 def _describe(entry: dict, table) -> str:
@@ -258,11 +311,16 @@ def _iteration(state, out: Path, s: AdaptSettings, cost: Cost, train_split, scor
     current, _ = load_model(state["current"])
     current.eval()
     plan = plan_of(current.arch)
-    now = cost(plan)
-    reduction = s.initial_reduction * state["start"]["cost"] * s.reduction_decay ** k
+    if s.target_madds is None:   # the table's miss on the current model, added to every price
+        now = state.get("current_measured_ms", state["start"]["measured_ms"])
+        miss = now - cost(plan)
+    else:
+        now, miss = cost(plan), 0.0
+    price = (lambda p: cost(p) + miss) if miss else cost
+    reduction = s.initial_reduction * _budget_terms(state["start"]) * s.reduction_decay ** k
     positions = _positions(current.arch)
     def widths_for(target):
-        return [largest_width(plan, slots, target, cost, s.step) for _pos, _label, slots in positions]
+        return [largest_width(plan, slots, target, price, s.step) for _pos, _label, slots in positions]
     target, widths = iteration_target(now, reduction, state["target"], widths_for)
     pdir = out / "proposals" / f"{k:03d}"
     pdir.mkdir(parents=True, exist_ok=True)
@@ -276,8 +334,8 @@ def _iteration(state, out: Path, s: AdaptSettings, cost: Cost, train_split, scor
             if width is not None:
                 proposal = _set(plan, slots, width)
                 model = cut_to_plan(current, proposal)
-                short_finetune(model, train_split, s.short_steps, s.batch_size, s.lr, s.seed, epoch=k)
-                result.update(cost=cost(proposal), val_top1=top1(model, scoring, len(classes)),
+                short_finetune(model, train_split, s.short_steps, s.batch_size, s.lr, _finetune_seed(s), epoch=k)
+                result.update(cost=price(proposal), val_top1=top1(model, scoring, len(classes)),
                               plan=proposal)
                 _save(model, pdir / f"{j:03d}.safetensors", classes)
             atomic_write_text(result_path, json.dumps(result))
@@ -295,9 +353,12 @@ def _iteration(state, out: Path, s: AdaptSettings, cost: Cost, train_split, scor
     j, best = max(scored, key=lambda jr: (jr[1]["val_top1"], -jr[1]["cost"]))
     if ctx.main:
         chosen, _ = load_model(pdir / f"{j:03d}.safetensors")
-        measured = _measure(chosen, s, resolution)
+        timing = _measure_beside_start(chosen, state, out, s, resolution)
+        measured = timing["measured_ms"]
         record = {"iteration": k + 1, "target": target, "chosen": best["position"], "label": best["label"],
-                  "width": [best["from"], best["width"]], "cost": best["cost"], "measured_ms": measured,
+                  "width": [best["from"], best["width"]], "cost": best["cost"], "table_miss": miss,
+                  "measured_ms": measured, "measured_raw_ms": timing["raw_ms"],
+                  "start_measured_now_ms": timing["start_now_ms"],
                   "val_top1": best["val_top1"],
                   "proposals": [{key: r.get(key) for key in ("position", "label", "from", "width", "cost", "val_top1")}
                                 for r in results]}
@@ -305,8 +366,10 @@ def _iteration(state, out: Path, s: AdaptSettings, cost: Cost, train_split, scor
         lines = history.read_text().splitlines() if history.exists() else []
         lines = [ln for ln in lines if json.loads(ln)["iteration"] <= k] + [json.dumps(record)]
         atomic_write_text(history, "\n".join(lines) + "\n")
+        size = best["cost"] if s.target_madds is not None else measured
         state = {**state, "iteration": k + 1, "current": str(pdir / f"{j:03d}.safetensors"),
-                 "done": best["cost"] <= state["target"] * (1 + 1e-9) or k + 1 >= s.max_iterations}
+                 "current_measured_ms": measured,
+                 "done": size <= state["target"] * (1 + 1e-9) or k + 1 >= s.max_iterations}
         atomic_write_text(out / STATE, json.dumps(state, indent=1))
         log(f"iteration {k + 1}: {best['label']} {best['from']} → {best['width']}: cost {best['cost']:.4g}, "
             f"measured {measured:.4g} ms, val top-1 {best['val_top1']:.4f}")
@@ -318,14 +381,17 @@ def _finish(state, out: Path, s: AdaptSettings, train_split, val, test, classes,
             progress, log) -> None:
     model, _ = load_model(state["current"])
     adapted_val = top1(model, val, len(classes))
-    long_finetune(model, train_split, s.final_steps, s.batch_size, s.final_lr, s.seed, progress=progress)
+    long_finetune(model, train_split, s.final_steps, s.batch_size, s.final_lr, _finetune_seed(s),
+                  progress=progress)
     final = out / "adapted.safetensors"
     _save(model, final, classes)
     model, _ = load_model(final)
+    timing = _measure_beside_start(model, state, out, s, resolution)
     report = {"weights": str(final), "start": state["start"], "target": state["target"],
               "iterations": state["iteration"], "plan": plan_of(model.arch),
               "cost": Cost(table, model, resolution)(plan_of(model.arch)),
-              "measured_ms": _measure(model, s, resolution),
+              "measured_ms": timing["measured_ms"], "measured_raw_ms": timing["raw_ms"],
+              "start_measured_now_ms": timing["start_now_ms"],
               "val_top1_before_final_finetune": adapted_val,
               "val_top1": top1(model, val, len(classes)), "val_images": len(val),
               "test_top1": top1(model, test, len(classes)) if test is not None else None,

@@ -228,6 +228,20 @@ def _realistic(module: nn.Module, x: torch.Tensor) -> nn.Module:
     return module
 
 
+def _keeps_torch_threads(fn):
+    """Time at the engine's thread count, then give PyTorch back the count its caller had: the
+    caller's training should not run on the latency's one thread."""
+    @functools.wraps(fn)
+    def timed(*args, **kwargs):
+        before = torch.get_num_threads()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+    return timed
+
+
+@_keeps_torch_threads
 def measure_table(model: nn.Module, engine: str, threads: int = 1, batch: int = 1,
                   resolution: int | None = None, step: int = 8, runs: int = 30, warmup: int = 5,
                   progress=None, log=print) -> dict:
@@ -308,14 +322,31 @@ def _offset(sums: list[float], measured: list[float]) -> dict:
     return {"scale": 1.0, "offset_ms": float(statistics.median(m - s for s, m in zip(sums, measured)))}
 
 
-def measure_model(model: nn.Module, engine: str, threads: int, batch: int, resolution: int,
-                  workdir: Path, runs: int = 60, warmup: int = 5) -> float:
-    """ms (as `_time` measures it) of `model`'s exported file on `engine` (random BN statistics
-    calibrated on Gaussian inputs when the model is untrained does not matter for speed)."""
+@_keeps_torch_threads
+def measure_models(models: list[nn.Module], engine: str, threads: int, batch: int, resolution: int,
+                   workdir: Path, runs: int = 60, warmup: int = 5, passes: int = 1) -> list[float]:
+    """ms (as `_time` measures it, the lowest of `passes` such measurements) of each model's
+    exported file on `engine`, the models timed in turns so that a slow spell of the machine falls
+    on all of them alike (random BN statistics of an untrained model do not matter for speed)."""
     torch.set_num_threads(threads)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, model.stem.conv.in_channels, resolution, resolution, generator=g)
-    return _time(model_call(engine, model, x, Path(workdir), threads), runs, warmup)
+    calls = []
+    for i, model in enumerate(models):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(batch, model.stem.conv.in_channels, resolution, resolution, generator=g)
+        folder = Path(workdir) / f"model{i}"
+        folder.mkdir(parents=True, exist_ok=True)
+        calls.append(model_call(engine, model, x, folder, threads))
+    best = [float("inf")] * len(calls)
+    for _ in range(passes):
+        for i, call in enumerate(calls):
+            best[i] = min(best[i], _time(call, runs, warmup))
+    return best
+
+
+def measure_model(model: nn.Module, engine: str, threads: int, batch: int, resolution: int,
+                  workdir: Path, runs: int = 60, warmup: int = 5, passes: int = 1) -> float:
+    """`measure_models` of one model."""
+    return measure_models([model], engine, threads, batch, resolution, workdir, runs, warmup, passes)[0]
 
 
 def predict(table: dict, plan: dict, corrected: bool = True) -> float:
@@ -409,6 +440,7 @@ def _piece_specs_keys(model: nn.Module, resolution: int) -> list[str]:
     return [p["key"].split(" base")[0] for p in _piece_specs(model, resolution)]
 
 
+@_keeps_torch_threads
 def piece_book_latency(model: nn.Module, engine: str, threads: int, batch: int, resolution: int,
                        book: dict, runs: int = 30, warmup: int = 5) -> float:
     """The latency of `model` as the sum of its pieces, each timed once at its exact widths and

@@ -1,6 +1,7 @@
 """NetAdapt end to end on Fashion-MNIST with a multiply-add budget (deterministic: no timing):
 the budget is met, an interrupted run resumes to the same result, two gloo ranks choose as one
-process does, and bad targets get one line."""
+process does, and bad targets get one line; a latency budget is met as measured, not as the
+table predicts."""
 import json
 import os
 import socket
@@ -37,9 +38,16 @@ def start(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def single(start, tmp_path_factory):
+    """The uninterrupted run, on one thread as the tests that compare with it (module fixtures
+    are set up before the function-scoped `one_thread`)."""
     path, madds = start
     out = tmp_path_factory.mktemp("single") / "run"
-    report = adapt(str(path), out, settings(madds), log=lambda *a: None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report = adapt(str(path), out, settings(madds), log=lambda *a: None)
+    finally:
+        torch.set_num_threads(threads)
     return out, report
 
 
@@ -114,6 +122,8 @@ def test_bad_targets_get_one_line(start, tmp_path):
     path, madds = start
     with pytest.raises(MobileNetsError, match="not below the model's current multiply-adds"):
         adapt(str(path), tmp_path / "a", AdaptSettings(target_madds=2 * madds), log=lambda *a: None)
+    with pytest.raises(MobileNetsError, match="below anything reachable: the narrowest plan"):
+        adapt(str(path), tmp_path / "floor", AdaptSettings(target_madds=1000), log=lambda *a: None)
     with pytest.raises(MobileNetsError, match="exactly one of"):
         adapt(str(path), tmp_path / "b", AdaptSettings(), log=lambda *a: None)
     r = subprocess.run([sys.executable, "-m", "mobilenets", "adapt", str(path), "--target-latency-ratio", "1.5",
@@ -140,3 +150,32 @@ def test_a_cut_that_no_position_reaches_is_halved_the_last_one_included():
     assert iteration_target(0.8, 0.5, 0.72, widths_for)[0] == pytest.approx(0.72)
     # Never reachable: after the halvings, the last target tried and no widths.
     assert iteration_target(0.71, 0.3, 0.0, widths_for, halvings=3)[1] == [None, None]
+
+
+def test_a_latency_budget_is_met_as_measured_not_as_the_table_predicts(start, tmp_path, monkeypatch):
+    """The table prices widths in multiply-adds (1e-6 ms each); the "engine" is 1.5× slower per
+    multiply-add plus a constant 0.05 ms. Run to 0.7× of the measured start, adapt must stop at
+    the first iteration whose measured latency is within budget, whatever the table says."""
+    from mobilenets.analysis.search.latency import madds_table
+    path, madds = start
+
+    def engine_ms(model, *_):
+        return 1.5e-6 * profile(model, 28)["madds"] + 0.05
+    # The machine runs 1.0×, 1.5×, 1.0×, ... as fast as it did in each timing: measured beside
+    # the start model, the verdict must not change with it.
+    spells = iter([1.0, 1.5] * 100)
+    monkeypatch.setattr(adapt_module, "_table", lambda model, *a: madds_table(model, 28))
+    monkeypatch.setattr(adapt_module, "measure_models",
+                        lambda models, *a, **k: (lambda f: [f * engine_ms(m) for m in models])(next(spells)))
+    s = AdaptSettings(target_latency_ratio=0.7, initial_reduction=0.1, reduction_decay=1.0,
+                      short_steps=2, final_steps=2, batch_size=16, val_images=48, seed=0)
+    report = adapt(str(path), tmp_path / "run", s, log=lambda *a: None)
+    start_ms = 1.5e-6 * madds + 0.05
+    assert report["target"] == pytest.approx(0.7 * start_ms)
+    adapted, _ = load_model(report["weights"])
+    assert engine_ms(adapted) <= 0.7 * start_ms
+    rows = history(tmp_path / "run")
+    assert all(r["measured_ms"] > 0.7 * start_ms for r in rows[:-1])
+    # The table alone (1e-6 ms per multiply-add) would have called the budget met earlier.
+    table_met = [r["iteration"] for r in rows if r["cost"] - r["table_miss"] <= 0.7 * start_ms]
+    assert table_met and table_met[0] < rows[-1]["iteration"]

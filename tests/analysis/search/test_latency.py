@@ -82,3 +82,13 @@ def test_table_from_elsewhere_or_damaged_is_refused(eager_table, tmp_path):
     bad.write_text(json.dumps(damaged))
     with pytest.raises(MobileNetsError, match="damaged latency table"):
         load_table(bad)
+
+
+def test_timing_at_one_thread_gives_pytorch_its_thread_count_back(tmp_path):
+    model = create_model("mobilenet_v1_025", num_classes=4, small_input=True).eval()
+    torch.set_num_threads(2)
+    try:
+        assert latency.measure_model(model, "eager", 1, 1, 16, tmp_path, runs=3, warmup=1, passes=2) > 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
